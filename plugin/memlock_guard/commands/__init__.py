@@ -1,0 +1,9 @@
+"""One module per CLI verb; each has HELP, DESCRIPTION, configure(parser) and run(args).
+
+cli.py only wires them into argparse. A verb module imports what it needs inside
+run(), so ``memlock-guard --help`` stays quick and never needs libvirt-python.
+"""
+
+VERBS = (
+    "estimate",
+)

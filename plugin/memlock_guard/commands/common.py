@@ -1,0 +1,92 @@
+"""Options and plumbing shared by the verbs that judge a domain."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from ..errors import InputError
+
+if TYPE_CHECKING:
+    from ..domain import Domain
+    from ..host import HostFacts
+    from ..report import Settings
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def add_judgement_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("accounting")
+    g.add_argument("--mode", choices=("strict", "tolerant", "auto"), default=None,
+                   help="strict: every mapped page is charged (Linux >= 6.2, iommufd); "
+                        "tolerant: never-written ROM pages are not; auto: decide from this "
+                        "host's kernel (default: auto, or the policy's mode)")
+    g.add_argument("--zero-page-allowance", metavar="SIZE", default=None,
+                   help="in tolerant mode, forgive at most this many zero-fill bytes "
+                        "(e.g. 2MiB; default: all of them, as kernels before 6.2 do)")
+    g.add_argument("--margin", metavar="SIZE", default=None,
+                   help="added to the recommended hard_limit (default 64MiB)")
+    g.add_argument("--libvirt-version", metavar="X.Y.Z", default=None,
+                   help="judge with this libvirt's rules (default: the installed libvirt, "
+                        "else the newest rules known)")
+    g.add_argument("--kubevirt-version", metavar="VER", default=None,
+                   help="KubeVirt baseline version: 1.0 ... 1.9 or main (default 1.9)")
+    g.add_argument("--platform", choices=("libvirt", "kubevirt"), default="libvirt",
+                   help="whose rule sets QEMU's limit (default libvirt)")
+    g.add_argument("--host-facts", metavar="FILE", default=None,
+                   help="JSON file overriding what is read from this host (kernel_release, "
+                        "rom_sizes, libvirt_version, ...; see README)")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text for people (default), json for automation")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    from ..baselines.kubevirt import DEFAULT_VERSION, KNOWN_VERSIONS
+    from ..host import parse_version
+    from ..ledger import Mode
+    from ..report import DEFAULT_MARGIN, Settings
+    from ..units import parse_size
+
+    kv = args.kubevirt_version or DEFAULT_VERSION
+    if kv not in KNOWN_VERSIONS:
+        raise InputError(f"--kubevirt-version {kv!r} is unknown "
+                         f"(known: {', '.join(KNOWN_VERSIONS)})")
+    allowance = args.zero_page_allowance
+    return Settings(
+        mode=Mode(args.mode or "auto"),
+        margin=DEFAULT_MARGIN if args.margin is None else parse_size(args.margin,
+                                                                      what="--margin"),
+        zero_page_allowance=None if allowance in (None, "unlimited")
+        else parse_size(allowance, what="--zero-page-allowance"),
+        libvirt_version=None if args.libvirt_version is None
+        else parse_version(args.libvirt_version, what="--libvirt-version"),
+        kubevirt_version=kv,
+        platform=args.platform,
+    )
+
+
+def host_facts(args: argparse.Namespace, extra_files: tuple[str, ...] = ()) -> HostFacts:
+    from .. import host
+
+    override = host.load_override(args.host_facts) if args.host_facts else None
+    return host.collect(extra_files=extra_files, probe_qemu=True, probe_libvirt=True,
+                        override=override)
+
+
+def domain_files(domain: Domain) -> tuple[str, ...]:
+    """Absolute files a domain names whose sizes matter: loaders and <rom file>s."""
+    paths = [domain.firmware.loader_path]
+    paths += [i.rom.file for i in domain.interfaces] + [h.rom.file for h in domain.hostdevs]
+    return tuple(p for p in paths if p and os.path.isabs(p))
+
+
+def read_xml_arg(path: str) -> bytes:
+    from .. import xmlsafe
+
+    if path == "-":
+        return xmlsafe.read_limited(sys.stdin.buffer, what="domain XML on stdin")
+    return xmlsafe.read_file(path, what="domain XML")

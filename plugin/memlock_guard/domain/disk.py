@@ -1,0 +1,40 @@
+"""``<disk>``: NVMe (QEMU's own VFIO driver) and vhost-vDPA disks pin guest memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .xmlmap import Element, attr
+
+
+@dataclass(frozen=True, slots=True)
+class Disk:
+    type: str | None
+    device: str | None
+    target: str | None
+    nvme_in_chain: bool  # libvirt's virStorageSourceChainHasNVMe
+
+    @property
+    def is_vhostvdpa(self) -> bool:
+        return self.type == "vhostvdpa"
+
+    @property
+    def label(self) -> str:
+        return self.target or self.type or "disk"
+
+    @classmethod
+    def from_xml(cls, el: Element) -> Disk:
+        return cls(
+            type=attr(el, "type"),
+            device=attr(el, "device"),
+            target=attr(el, "dev", "target"),
+            nvme_in_chain=_chain_has_nvme(el),
+        )
+
+
+def _chain_has_nvme(el: Element) -> bool:
+    if attr(el, "type") == "nvme":
+        return True
+    # Backing stores nest: <backingStore type='nvme'><backingStore .../></backingStore>;
+    # bounded by the parser's depth limit.
+    return any(b.get("type") == "nvme" for b in el.iter("backingStore"))

@@ -1,0 +1,72 @@
+"""``<os>``: architecture, machine type (and its version), and firmware."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .xmlmap import Element, attr, switch, text
+
+_VERSIONED = re.compile(r"-(\d+)\.(\d+)(?:$|[.-])")
+
+
+@dataclass(frozen=True, slots=True)
+class Machine:
+    name: str | None  # as written: pc-q35-7.2, q35, pc, pseries-8.0, virt ...
+
+    @property
+    def version(self) -> tuple[int, int] | None:
+        """(7, 2) for ``pc-q35-7.2``; None for an unversioned alias like ``q35``."""
+        if not self.name:
+            return None
+        m = _VERSIONED.search(self.name)
+        return (int(m.group(1)), int(m.group(2))) if m else None
+
+    @property
+    def family(self) -> str:
+        """q35 | i440fx | microvm | isapc | pseries | virt | s390-ccw | other."""
+        n = (self.name or "").lower()
+        if "q35" in n:
+            return "q35"
+        if n == "pc" or n.startswith("pc-i440fx") or re.match(r"pc-\d", n):
+            return "i440fx"
+        for fam in ("microvm", "isapc", "pseries", "s390-ccw", "virt"):
+            if n.startswith(fam):
+                return fam
+        return "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Firmware:
+    autoselect: str | None  # <os firmware='efi|bios'>
+    loader_path: str | None
+    loader_type: str | None  # rom | pflash
+    loader_readonly: bool | None
+    direct_kernel: bool  # <os><kernel> boots without a disk (linuxboot via fw_cfg)
+
+    @property
+    def kind(self) -> str:
+        """``seabios`` | ``pflash`` | ``rom``: how QEMU will load the firmware.
+
+        libvirt turns firmware='efi' into a pflash loader (its descriptors for OVMF
+        are pflash); a loader without type= is a ROM image given with -bios.
+        """
+        if self.loader_type == "pflash":
+            return "pflash"
+        if self.loader_type == "rom" or (self.loader_path and self.loader_type is None
+                                         and self.autoselect != "efi"):
+            return "rom"
+        if self.autoselect == "efi" or (self.loader_path and "ovmf" in self.loader_path.lower()):
+            return "pflash"
+        return "seabios"
+
+    @classmethod
+    def from_xml(cls, os_el: Element | None) -> Firmware:
+        loader = os_el.find("loader") if os_el is not None else None
+        return cls(
+            autoselect=attr(os_el, "firmware"),
+            loader_path=text(loader),
+            loader_type=attr(loader, "type"),
+            loader_readonly=switch(attr(loader, "readonly")),
+            direct_kernel=os_el is not None and os_el.find("kernel") is not None,
+        )

@@ -1,0 +1,53 @@
+"""``<hostdev>``: which ones are VFIO devices that pin guest memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .rom import Rom
+from .xmlmap import Element, attr
+
+
+@dataclass(frozen=True, slots=True)
+class Hostdev:
+    mode: str | None  # subsystem | capabilities
+    type: str | None  # pci | mdev | usb | scsi | scsi_host
+    driver: str | None  # <driver name='vfio'>; absent means vfio on any current libvirt
+    source: str  # a short human label: the PCI address or mdev uuid
+    alias: str | None
+    rom: Rom
+    has_guest_address: bool = True  # False in hand-written XML: libvirt assigns one
+
+    @property
+    def is_vfio(self) -> bool:
+        """libvirt's virHostdevIsVFIODevice: PCI with the vfio backend, or mdev."""
+        if self.mode != "subsystem":
+            return False
+        if self.type == "mdev":
+            return True
+        return self.type == "pci" and self.driver in (None, "vfio")
+
+    @classmethod
+    def from_xml(cls, el: Element) -> Hostdev:
+        return cls(
+            mode=attr(el, "mode") or "subsystem",
+            type=attr(el, "type"),
+            driver=attr(el, "name", "driver"),
+            source=_source_label(el),
+            alias=attr(el, "name", "alias"),
+            rom=Rom.from_xml(el),
+            has_guest_address=el.find("address") is not None,
+        )
+
+
+def _source_label(el: Element) -> str:
+    addr = el.find("source/address")
+    if addr is not None and addr.get("bus") is not None:
+        parts = [addr.get(k, "0") for k in ("domain", "bus", "slot", "function")]
+        try:
+            d, b, s, f = (int(p, 0) for p in parts)
+            return f"{d:04x}:{b:02x}:{s:02x}.{f:x}"
+        except ValueError:
+            return ":".join(parts)
+    uuid = attr(el, "uuid", "source/address")
+    return uuid or attr(el, "type") or "hostdev"

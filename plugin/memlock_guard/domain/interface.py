@@ -1,0 +1,41 @@
+"""``<interface>``: VFIO (type='hostdev'), vDPA, or an emulated NIC with an option ROM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .rom import Rom
+from .xmlmap import Element, address_type, attr
+
+
+@dataclass(frozen=True, slots=True)
+class Interface:
+    type: str | None  # network | bridge | hostdev | vdpa | user | ...
+    model: str | None  # virtio | e1000 | e1000e | rtl8139 | ...
+    mac: str | None
+    alias: str | None
+    address_type: str | None  # pci | ccw | virtio-mmio | spapr-vio | ...
+    rom: Rom
+
+    @property
+    def is_vfio(self) -> bool:
+        return self.type == "hostdev"
+
+    @property
+    def is_vdpa(self) -> bool:
+        return self.type == "vdpa"
+
+    @property
+    def label(self) -> str:
+        return self.alias or self.mac or (self.type or "interface")
+
+    @classmethod
+    def from_xml(cls, el: Element) -> Interface:
+        return cls(
+            type=attr(el, "type"),
+            model=attr(el, "type", "model"),
+            mac=attr(el, "address", "mac"),
+            alias=attr(el, "name", "alias"),
+            address_type=address_type(el),
+            rom=Rom.from_xml(el),
+        )

@@ -1,0 +1,75 @@
+"""x86 firmware regions: pc.bios, its isa-bios alias, pc.rom, and OVMF's isa-bios copy.
+
+From QEMU's hw/i386/x86-common.c (x86_bios_rom_init), pc.c (pc_memory_init) and
+pc_sysfw.c: SeaBIOS or a ``-bios`` ROM is a read-only RAM region at the top of 4 GiB
+plus an *alias* of its last 128 KiB below 1 MiB, which VFIO maps (and charges) a second
+time. pc.rom is 128 KiB of option-ROM space that QEMU never writes. OVMF loaded as
+pflash is a ROM *device*, which VFIO skips, but QEMU before 9.1 (and machine types
+<= 9.0 after it) also made a 128 KiB RAM copy of its top as isa-bios.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..domain import Domain
+from ..hookspecs import hookimpl
+from ..host import HostFacts
+from ..ledger import Backing, Exposure, Kind
+from ..units import KiB, MiB
+
+ISA_BIOS_MAX = 128 * KiB
+PC_ROM_SIZE = 128 * KiB  # PC_ROM_SIZE in hw/i386/pc.c
+PC_FAMILIES = ("q35", "i440fx", "isapc")
+# Assumed when a -bios image cannot be read here (an OVMF.fd-sized image).
+UNKNOWN_BIOS_SIZE = 4 * MiB
+
+
+@hookimpl
+def memlock_guard_exposures(domain: Domain, host: HostFacts) -> Iterable[Exposure]:
+    if not domain.is_x86:
+        return []  # aarch64/ppc64/s390x firmware is pflash or lives in guest RAM
+    family = domain.machine.family
+    kind = domain.firmware.kind
+    out: list[Exposure] = []
+    if kind == "pflash":
+        if _pflash_has_isa_bios_copy(domain, host):
+            out.append(Exposure("isa-bios (RAM copy of the pflash top)", ISA_BIOS_MAX,
+                                Backing.FILE_ROM, readonly=True, kind=Kind.FIRMWARE,
+                                note="QEMU < 9.1 or machine type <= 9.0"))
+    else:
+        if kind == "rom" and domain.firmware.loader_path:
+            name = domain.firmware.loader_path
+        else:
+            name = "bios-microvm.bin" if family == "microvm" else "bios-256k.bin"
+        size, origin = host.rom_size(name)
+        note = None
+        if size is None:
+            size, note = UNKNOWN_BIOS_SIZE, f"{name} not found on this host: assumed 4 MiB"
+        elif origin == "default":
+            note = f"{name} not found on this host: size from the built-in table"
+        out.append(Exposure(f"pc.bios ({_base(name)})", size, Backing.FILE_ROM, readonly=True,
+                            kind=Kind.FIRMWARE, note=note))
+        out.append(Exposure("isa-bios (alias of the pc.bios top, mapped again)",
+                            min(size, ISA_BIOS_MAX), Backing.FILE_ROM, readonly=True,
+                            kind=Kind.FIRMWARE, transient=True))
+    if family in PC_FAMILIES or family == "other":
+        out.append(Exposure("pc.rom (option ROM space, never written)", PC_ROM_SIZE,
+                            Backing.ZERO_FILL, readonly=True, kind=Kind.FIRMWARE,
+                            transient=True))
+    return out
+
+
+def _pflash_has_isa_bios_copy(domain: Domain, host: HostFacts) -> bool:
+    qemu = host.qemu_version
+    if qemu is not None and qemu[:2] < (9, 1):
+        return True
+    machine = domain.machine.version
+    if machine is None:
+        # An unversioned alias (q35, pc) means the newest machine of the host's QEMU.
+        return qemu is None  # unknown QEMU: count it, never under-estimate
+    return machine <= (9, 0)
+
+
+def _base(path: str) -> str:
+    return path.rsplit("/", 1)[-1]

@@ -1,0 +1,67 @@
+"""Option-ROM BARs of emulated PCI NICs, and ``<rom file>`` on passthrough devices.
+
+A passed-through device's own ROM BAR is read from the device (emulated I/O, 0 bytes
+pinned) unless ``<rom file=...>`` tells QEMU to back it with a file in RAM. Each NIC
+model's default ROM is QEMU's ``romfile`` property (hw/net/*.c).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..domain import Domain, Interface
+from ..hookspecs import hookimpl
+from ..host import HostFacts
+from ..ledger import Exposure
+from .rom_bar import rom_bar
+
+NIC_ROMS = {
+    "virtio": "efi-virtio.rom",
+    "virtio-transitional": "efi-virtio.rom",
+    "virtio-non-transitional": "efi-virtio.rom",
+    "e1000": "efi-e1000.rom",
+    "e1000e": "efi-e1000e.rom",
+    "rtl8139": "efi-rtl8139.rom",
+    "ne2k_pci": "efi-ne2k_pci.rom",
+    "pcnet": "efi-pcnet.rom",
+    "vmxnet3": "efi-vmxnet3.rom",
+    "i82551": "efi-eepro100.rom",
+    "i82557b": "efi-eepro100.rom",
+    "i82559er": "efi-eepro100.rom",
+}
+# Buses with no PCI ROM BAR.
+NON_PCI = ("ccw", "virtio-mmio", "spapr-vio", "isa", "usb", "s390")
+
+
+@hookimpl
+def memlock_guard_exposures(domain: Domain, host: HostFacts) -> Iterable[Exposure]:
+    out: list[Exposure] = []
+    for i, nic in enumerate(domain.interfaces):
+        label = f"interface {nic.alias or nic.mac or f'#{i}'}"
+        if nic.rom.suppressed or nic.address_type in NON_PCI or domain.arch == "s390x":
+            continue
+        if nic.is_vfio:
+            if nic.rom.file:
+                out += rom_bar(host, nic.rom.file, f"{label} (hostdev)")
+            continue
+        romfile = nic.rom.file or _default_rom(domain, nic)
+        if romfile:
+            out += rom_bar(host, romfile, f"{label} {nic.model or _default_model(domain, nic)}")
+    for j, dev in enumerate(domain.hostdevs):
+        if dev.is_vfio and dev.type == "pci" and dev.rom.file and not dev.rom.suppressed:
+            out += rom_bar(host, dev.rom.file, f"hostdev {dev.alias or dev.source or j}")
+    return out
+
+
+def _default_model(domain: Domain, nic: Interface) -> str:
+    """libvirt's qemuDomainDefaultNetModel: virtio on ARM/RISC-V virt, else rtl8139."""
+    if nic.is_vdpa or nic.type == "vhostuser":
+        return "virtio"  # these backends only exist for virtio-net
+    if domain.arch in ("aarch64", "armv7l", "riscv64", "loongarch64"):
+        return "virtio"
+    return "rtl8139"
+
+
+def _default_rom(domain: Domain, nic: Interface) -> str | None:
+    model = nic.model or _default_model(domain, nic)
+    return NIC_ROMS.get(model)

@@ -1,0 +1,101 @@
+"""Video devices: their RAM BARs (mapped read-write) and VGA BIOS ROM BARs.
+
+How libvirt's ``<video>`` becomes a QEMU device (qemu_command.c) and how big QEMU makes
+each BAR (hw/display/*.c):
+- vga     -> VGA, vgamem_mb = vram/1024; vga_common_init clamps to 1..512 MiB, pow2ceil.
+- cirrus  -> cirrus-vga: always 4 MiB (libvirt passes no size; QEMU's default).
+- bochs   -> bochs-display, vgamem = vram; pow2ceil.
+- vmvga   -> vmware-svga: VGA-style vram plus a 64 KiB FIFO.
+- qxl     -> qxl-vga when primary, qxl when not. BAR0 "ram" = max(ram, 2 x vgamem)
+            (vgamem clamped 8..256 MiB); BAR1 "vram32" = vram, an alias into the vram
+            block; BAR4 = the whole 64-bit vram, only when vram64 > vram32 (so the
+            first vram32 bytes are mapped twice); BAR2 = the 8 KiB device ROM. Each
+            size is a power of two (qxl_init_ramsize).
+- virtio  -> virtio-vga (8 MiB VGA RAM) when primary; virtio-gpu-pci (no RAM BAR) when not.
+- ramfb, none and the rest map nothing of their own.
+Only the primary VGA-compatible device carries a VGA BIOS (vgabios-*.bin) ROM BAR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from ..domain import Domain, Video
+from ..hookspecs import hookimpl
+from ..host import HostFacts
+from ..ledger import Backing, Exposure, Kind
+from ..units import KiB, MiB, pow2ceil
+from .rom_bar import rom_bar
+
+# libvirt's defaults when the XML leaves a size out (virDomainVideoDefaultRAM and
+# qemuDomainDeviceVideoDefPostParse); values in bytes.
+DEFAULT_VRAM = {"vga": 16 * MiB, "cirrus": 16 * MiB, "vmvga": 16 * MiB, "bochs": 16 * MiB,
+                "qxl": 64 * MiB}
+QXL_DEFAULT_RAM = 64 * MiB
+QXL_DEFAULT_VGAMEM = 16 * MiB
+QXL_ROM = 8 * KiB  # qxl_rom_size(): two pages
+CIRRUS_VRAM = 4 * MiB
+VIRTIO_VGA_VRAM = 8 * MiB
+VMSVGA_FIFO = 64 * KiB  # SVGA_FIFO_SIZE
+VGA_BIOS = {"vga": "vgabios-stdvga.bin", "cirrus": "vgabios-cirrus.bin",
+            "qxl": "vgabios-qxl.bin", "virtio": "vgabios-virtio.bin",
+            "vmvga": "vgabios-vmware.bin", "bochs": "vgabios-bochs-display.bin"}
+NON_PCI = ("ccw", "virtio-mmio", "isa")
+
+
+@hookimpl
+def memlock_guard_exposures(domain: Domain, host: HostFacts) -> Iterable[Exposure]:
+    out: list[Exposure] = []
+    for i, video in enumerate(domain.videos):
+        if video.address_type in NON_PCI or domain.arch == "s390x":
+            continue
+        label = f"video {video.alias or f'#{i}'}"
+        out += _ram_bars(video, label)
+        # A secondary qxl/virtio is the non-VGA variant, which has no VGA BIOS.
+        bios = VGA_BIOS.get(video.model or "") if video.primary else None
+        if bios:
+            out += rom_bar(host, bios, label, kind=Kind.VIDEO)
+    return out
+
+
+def _ram_bars(v: Video, label: str) -> list[Exposure]:
+    model = v.model or ""
+
+    def bar(name: str, size: int, readonly: bool = False) -> Exposure:
+        return Exposure(f"{label} {name}", size, Backing.DEVICE_RAM, readonly=readonly,
+                        kind=Kind.VIDEO)
+
+    if model == "vga":
+        return [bar("VGA vram", _vga_vram(v.vram or DEFAULT_VRAM["vga"]))]
+    if model == "cirrus":
+        return [bar("cirrus-vga vram (fixed 4 MiB)", CIRRUS_VRAM)]
+    if model == "bochs":
+        return [bar("bochs-display vram", pow2ceil(v.vram or DEFAULT_VRAM["bochs"]))]
+    if model == "vmvga":
+        return [bar("vmware-svga vram", _vga_vram(v.vram or DEFAULT_VRAM["vmvga"])),
+                bar("vmware-svga FIFO", VMSVGA_FIFO)]
+    if model == "virtio":
+        return [bar("virtio-vga vram", VIRTIO_VGA_VRAM)] if v.primary else []
+    if model == "qxl":
+        return _qxl(v, bar)
+    return []
+
+
+def _vga_vram(vram: int) -> int:
+    mb = min(max(vram // MiB, 1), 512)
+    return pow2ceil(mb) * MiB
+
+
+def _qxl(v: Video, bar: Callable[..., Exposure]) -> list[Exposure]:
+    vgamem = min(max((v.vgamem or QXL_DEFAULT_VGAMEM) // MiB, 8), 256) * MiB
+    ram = max(v.ram or QXL_DEFAULT_RAM, 2 * vgamem)
+    # qxl-vga's BAR0 is the VGA RAM too, so vga_common_init's 512 MiB clamp applies.
+    ram = _vga_vram(pow2ceil(ram))
+    vram32 = pow2ceil(max(v.vram or DEFAULT_VRAM["qxl"], 4096))
+    vram64 = pow2ceil(max(v.vram64 or 0, vram32))
+    name = "qxl-vga" if v.primary else "qxl"
+    out = [bar(f"{name} ram BAR0", ram), bar(f"{name} vram32 BAR1 (alias)", vram32)]
+    if vram64 > vram32:
+        out.append(bar(f"{name} vram64 BAR4", vram64))
+    out.append(bar(f"{name} device ROM BAR2", QXL_ROM, readonly=True))
+    return out

@@ -1,0 +1,40 @@
+"""A documented model of the QEMU process's memory footprint (its cgroup charge).
+
+libvirt's <memtune><hard_limit> is both the memlock limit and the memory cgroup cap
+of the whole QEMU process, so a hard_limit we recommend must cover this, or the VM is
+OOM-killed. Anchored on KubeVirt's GetMemoryOverhead() (pkg/virt-controller/services/
+renderresources.go), keeping only the terms that live inside the QEMU process:
+  guest memory (each page once, however many containers pin it)
+  + memory/512 for page tables
+  + video RAM and ROM bytes (one copy; QEMU allocates them once)
+  + 8 MiB per vCPU (thread stacks, KVM state)
+  + 8 MiB per IOThread (KubeVirt counts one)
+  + 30 MiB fixed QEMU overhead (KubeVirt's QemuOverhead)
+  + 32 MiB when graphics are attached (KubeVirt's video term: display buffers)
+  + 256 MiB with SEV (bounce buffers)
+The launcher, virtlogd and virtqemud terms are not in QEMU's cgroup and are left out.
+"""
+
+from __future__ import annotations
+
+from .domain import Domain
+from .ledger import Kind, Ledger
+from .units import MiB
+
+PER_VCPU = 8 * MiB
+PER_IOTHREAD = 8 * MiB
+QEMU_FIXED = 30 * MiB
+GRAPHICS = 32 * MiB
+SEV = 256 * MiB
+
+
+def qemu_footprint(domain: Domain, ledger: Ledger) -> int:
+    total = domain.memory + domain.memory // 512
+    total += ledger.bytes_of(Kind.VIDEO) + ledger.bytes_of(Kind.OPTION_ROM)
+    total += ledger.bytes_of(Kind.FIRMWARE)
+    total += PER_VCPU * domain.vcpus + PER_IOTHREAD * max(domain.iothreads, 1) + QEMU_FIXED
+    if domain.graphics:
+        total += GRAPHICS
+    if (domain.launch_security or "").startswith("sev"):
+        total += SEV
+    return total

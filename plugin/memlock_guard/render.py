@@ -1,0 +1,125 @@
+"""Reports as text for people and JSON for automation (schemas/estimate.schema.json)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from . import __version__
+from .ledger import Mode
+from .report import Report
+from .units import human
+from .verdict import Outcome
+
+JSON_SCHEMA_ID = "urn:memlock-guard:estimate:1"
+
+
+def _v(version: tuple[int, int, int]) -> str:
+    return ".".join(map(str, version))
+
+
+def to_dict(r: Report) -> dict[str, Any]:
+    v = r.verdict
+    return {
+        "$schema": JSON_SCHEMA_ID,
+        "plugin_version": __version__,
+        "domain": {"name": r.domain.name, "uuid": r.domain.uuid, "arch": r.domain.arch,
+                   "machine": r.domain.machine.name, "memory_bytes": r.domain.memory},
+        "mode": v.mode.value,
+        "mode_reason": v.mode_reason,
+        "items": [
+            {"source": i.source, "bytes": i.bytes, "backing": i.backing.value,
+             "readonly": i.readonly, "transient": i.transient, "containers": i.containers,
+             "kind": i.kind.value, "charged_bytes": i.charged,
+             **({"note": i.note} if i.note else {})}
+            for i in r.ledger.items],
+        "containers": {"count": r.ledger.containers, "reasons": list(r.ledger.container_reasons)},
+        "required_bytes": {"strict": v.required_strict, "tolerant": v.required_tolerant},
+        "zero_page_allowance_bytes": r.settings.zero_page_allowance,
+        "baselines": {
+            "libvirt": {"version": _v(r.libvirt.version), "assumed": r.libvirt_version_assumed,
+                        "bytes": r.libvirt.bytes, "unlimited": r.libvirt.unlimited,
+                        "source": r.libvirt.source, "explanation": r.libvirt.explanation},
+            "kubevirt": {"version": r.kubevirt.version, "bytes": r.kubevirt.bytes,
+                         "unlimited": r.kubevirt.unlimited,
+                         "explanation": r.kubevirt.explanation},
+        },
+        "effective_limit": {"bytes": v.limit.bytes, "unlimited": v.limit.bytes is None,
+                            "source": v.limit.source, "explanation": v.limit.explanation},
+        "verdict": v.outcome.value,
+        "headroom_bytes": v.headroom,
+        "footprint_bytes": v.footprint,
+        "recommended_hard_limit_bytes": v.recommended_hard_limit,
+        "excluded_plugins": list(r.ledger.excluded_plugins),
+    }
+
+
+def to_json(r: Report) -> str:
+    return json.dumps(to_dict(r), indent=2)
+
+
+def sentence(r: Report) -> str:
+    """The verdict in one sentence."""
+    v = r.verdict
+    need = f"{human(v.required)} ({v.mode.value})"
+    if v.outcome is Outcome.UNLIMITED:
+        return f"fits: QEMU's memlock is unlimited ({v.limit.explanation}); needs {need}."
+    limit = human(v.limit.bytes)
+    if v.required == 0:
+        return f"fits: nothing pins guest memory (no VFIO, NVMe or vDPA device); limit {limit}."
+    assert v.headroom is not None
+    if v.outcome is Outcome.FITS:
+        return (f"fits: needs {need}, QEMU gets {limit} ({v.limit.source}), "
+                f"headroom {human(v.headroom)}.")
+    return (f"SHORT by {human(-v.headroom)}: needs {need} but QEMU gets {limit} "
+            f"({v.limit.source}); set <memtune><hard_limit> to at least "
+            f"{v.recommended_hard_limit // 1024} KiB ({human(v.recommended_hard_limit)}).")
+
+
+def to_text(r: Report) -> str:
+    d, v, led = r.domain, r.verdict, r.ledger
+    lines = [f"{d.name}: {d.arch}, {d.machine.name or 'default machine'}, "
+             f"{human(d.memory)} memory, {d.vcpus} vCPU"]
+    lines.append(f"mode: {v.mode.value} ({v.mode_reason})")
+    reasons = "; ".join(led.container_reasons) or "nothing pins guest memory"
+    lines.append(f"containers: {led.containers} ({reasons})")
+    lines.append("")
+    header = ("SOURCE", "SIZE", "BACKING", "RO", "BOOT", "CONT", "CHARGED")
+    rows = [(i.source, human(i.bytes), i.backing.value, "ro" if i.readonly else "rw",
+             "yes" if i.transient else "", str(i.containers), human(i.charged))
+            for i in led.items]
+    widths = [max(len(x[c]) for x in [header, *rows]) for c in range(len(header))]
+    right = {1, 5, 6}
+    for row in [header, *rows]:
+        cells = [c.rjust(w) if k in right else c.ljust(w)
+                 for k, (c, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  " + "  ".join(cells).rstrip())
+    notes = [f"  * {i.source}: {i.note}" for i in led.items if i.note]
+    if notes:
+        lines.append("")
+        lines += notes
+    lines.append("")
+    non_ram = sum(i.charged for i in led.items if i.kind.value != "ram")
+    lines.append(f"required   strict {human(v.required_strict)} ({v.required_strict} B), "
+                 f"tolerant {human(v.required_tolerant)} ({v.required_tolerant} B); "
+                 f"beyond guest RAM: {human(non_ram)}")
+    limit = "unlimited" if v.limit.bytes is None else f"{human(v.limit.bytes)} ({v.limit.bytes} B)"
+    lines.append(f"QEMU gets  {limit} from {v.limit.source}: {v.limit.explanation}")
+    lv = r.libvirt
+    assumed = " (assumed: newest rules)" if r.libvirt_version_assumed else ""
+    lv_bytes = "unlimited" if lv.unlimited else ("not set" if lv.bytes == 0
+                                                  else human(lv.bytes))
+    kv = r.kubevirt
+    kv_bytes = "unlimited" if kv.unlimited else ("not set" if kv.bytes is None
+                                                  else human(kv.bytes))
+    lines.append(f"baselines  libvirt {_v(lv.version)}{assumed}: {lv_bytes}; "
+                 f"KubeVirt {kv.version}: {kv_bytes}")
+    lines.append(f"footprint  {human(v.footprint)} (QEMU process, the cgroup cap must cover it); "
+                 f"recommended hard_limit {human(v.recommended_hard_limit)}")
+    for ex in led.excluded_plugins:
+        lines.append(f"excluded   {ex}")
+    lines.append("")
+    lines.append(f"verdict: {sentence(r)}")
+    if v.mode is Mode.TOLERANT and v.required_strict != v.required_tolerant:
+        lines.append(f"         (strict accounting would need {human(v.required_strict)})")
+    return "\n".join(lines)
