@@ -2,13 +2,15 @@
 # Bring up a real, privileged libvirtd serving qemu:///system on a Debian 12
 # machine without systemd (CI containers, these dev VMs), for the e2e tests.
 #
-#   libvirt_env.sh setup     install packages, create the kvm group / libvirt-qemu user
+#   libvirt_env.sh setup     install packages, create kvm + libvirt-qemu groups and user,
+#                            open /dev/kvm to group kvm, create the log dirs
 #   libvirt_env.sh start     setup + start virtlogd and libvirtd, wait until virsh answers
 #   libvirt_env.sh stop      stop libvirtd (running domains survive, as with systemd)
 #   libvirt_env.sh restart   stop + start (e.g. after installing a hook: libvirtd only
 #                            scans /etc/libvirt/hooks when it starts)
 #
-# Idempotent: every step checks before acting. Every wait is bounded.
+# Idempotent: every step checks before acting. Every wait is bounded (start gives up
+# after LIBVIRT_START_TIMEOUT + ~10 s, stop after LIBVIRT_STOP_TIMEOUT) and fails loudly.
 # Must run as root. Tunables: LIBVIRT_START_TIMEOUT, LIBVIRT_STOP_TIMEOUT (seconds).
 set -euo pipefail
 
@@ -24,11 +26,15 @@ STOP_TIMEOUT=${LIBVIRT_STOP_TIMEOUT:-30}
 die()  { echo "libvirt_env: ERROR: $*" >&2; exit 1; }
 note() { echo "libvirt_env: $*" >&2; }
 
-# alive PIDFILE: the daemon recorded there is still running.
-alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# alive PIDFILE NAME: the daemon recorded there still runs. Checking the name keeps a
+# stale pidfile whose pid was reused from making us wait on (or signal) a stranger.
+alive() {
+    local pid; pid=$(cat "$1" 2>/dev/null) && [[ -n $pid ]] &&
+        [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$2" ]]
+}
 
 # `timeout`: a wedged daemon must not wedge the caller.
-answers() { timeout 10 virsh -c "$URI" version >/dev/null 2>&1; }
+answers() { timeout 5 virsh -c "$URI" version >/dev/null 2>&1; }
 
 setup() {
     [[ $EUID -eq 0 ]] || die "must run as root (privileged qemu:///system)"
@@ -56,7 +62,7 @@ setup() {
         useradd --system --gid libvirt-qemu --groups kvm --home-dir /var/lib/libvirt \
                 --no-create-home --shell /usr/sbin/nologin --comment "Libvirt Qemu" libvirt-qemu
     id -nG libvirt-qemu | grep -qw kvm || usermod -a -G kvm libvirt-qemu
-    # QEMU runs as libvirt-qemu:kvm; without udev nobody hands /dev/kvm to the kvm group.
+    # Without udev, /dev/kvm stays root:root 0600 and QEMU (not root) cannot open it.
     # No /dev/kvm at all is fine: tests then use <domain type='qemu'> (TCG).
     if [[ -c /dev/kvm ]]; then
         chgrp kvm /dev/kvm && chmod 0660 /dev/kvm || note "cannot chmod /dev/kvm; type='kvm' may fail"
@@ -70,24 +76,24 @@ setup() {
 
 start() {
     setup
-    if ! alive "$VIRTLOGD_PID"; then
+    if ! alive "$VIRTLOGD_PID" virtlogd; then
         note "starting virtlogd"
         virtlogd -d || die "virtlogd failed to start"
     fi
-    if alive "$LIBVIRTD_PID" && answers; then
+    if alive "$LIBVIRTD_PID" libvirtd && answers; then
         note "libvirtd already running (pid $(cat "$LIBVIRTD_PID"))"; return 0
     fi
     local logsize; logsize=$(stat -c %s "$LOG" 2>/dev/null || echo 0)
-    if ! alive "$LIBVIRTD_PID"; then
+    if ! alive "$LIBVIRTD_PID" libvirtd; then
         note "starting libvirtd"
         LIBVIRT_LOG_OUTPUTS="3:file:$LOG" libvirtd -d || die "libvirtd -d failed (see $LOG)"
     fi
     # The pidfile appears before the drivers are initialised: poll the API itself.
     local deadline=$((SECONDS + START_TIMEOUT))
     until answers; do
-        if ! alive "$LIBVIRTD_PID" || ((SECONDS >= deadline)); then
+        if ! alive "$LIBVIRTD_PID" libvirtd || ((SECONDS >= deadline)); then
             tail -c +$((logsize + 1)) "$LOG" 2>/dev/null | grep -E 'error|warning' >&2 || true
-            alive "$LIBVIRTD_PID" || die "libvirtd exited during start-up (log: $LOG)"
+            alive "$LIBVIRTD_PID" libvirtd || die "libvirtd exited during start-up (log: $LOG)"
             die "libvirtd did not answer on $URI within ${START_TIMEOUT}s (log: $LOG)"
         fi
         sleep 0.5
@@ -96,7 +102,7 @@ start() {
 }
 
 stop() {
-    if ! alive "$LIBVIRTD_PID"; then
+    if ! alive "$LIBVIRTD_PID" libvirtd; then
         note "libvirtd not running"; rm -f "$LIBVIRTD_PID"; return 0
     fi
     local pid; pid=$(cat "$LIBVIRTD_PID")
