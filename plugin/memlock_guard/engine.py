@@ -51,7 +51,7 @@ def build_ledger(domain: Domain, host: HostFacts,
         exposures += got
     n = len(reasons)
     items = tuple(
-        LedgerItem(e.source, e.bytes, e.backing, e.readonly, e.kind, e.transient,
+        LedgerItem(e.source, e.bytes, e.backing, e.readonly, e.kind, e.window, e.region,
                    n if e.containers is None else min(e.containers, n), e.note)
         for e in exposures)
     return Ledger(items, n, tuple(reasons), tuple(excluded))

@@ -3,6 +3,14 @@
 Pure data and arithmetic. ``Exposure`` is what an estimator reports (one mapping, as
 one container sees it); the engine turns it into a ``LedgerItem`` by adding how many
 containers pin it.
+
+Not everything is mapped at once. VFIO unmaps (and uncharges) a region when it leaves
+the guest's memory map, so the charge that must fit under the limit is the *peak*
+over boot. Measured with QEMU 7.2 (docs/sources.md): firmware enables one option-ROM
+BAR, copies it and disables it before the next, so ROM BARs share the "boot-rom"
+window and only the largest counts; SeaBIOS's isa-bios alias and pc.rom vanish when it
+shadows itself into RAM, before any BAR is programmed ("pre-firmware" window). Every
+window is a phase of its own; items without a window are always mapped.
 """
 
 from __future__ import annotations
@@ -26,6 +34,11 @@ class Kind(StrEnum):
     OTHER = "other"
 
 
+class Window(StrEnum):
+    BOOT_ROM = "boot-rom"  # option-ROM BARs: mapped one region at a time during boot
+    PRE_FIRMWARE = "pre-firmware"  # mapped together until the firmware shadows itself
+
+
 class Mode(StrEnum):
     STRICT = "strict"  # every mapped page is charged (Linux >= 6.2, iommufd)
     TOLERANT = "tolerant"  # zero-fill pages are not charged, up to an allowance
@@ -39,10 +52,17 @@ class Exposure:
     backing: Backing
     readonly: bool
     kind: Kind
-    transient: bool = False  # mapped only while firmware enables it (boot time)
+    # None: always mapped. Else the boot-time window it is mapped in; within a window,
+    # items of the same ``region`` are mapped together and regions one at a time.
+    window: Window | None = None
+    region: str | None = None
     # None: pinned by every container. Set only for a mapping some containers skip.
     containers: int | None = None
     note: str | None = None  # an assumption the number rests on (e.g. a default size)
+
+    @property
+    def transient(self) -> bool:
+        return self.window is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +72,18 @@ class LedgerItem:
     backing: Backing
     readonly: bool
     kind: Kind
-    transient: bool
+    window: Window | None
+    region: str | None
     containers: int
     note: str | None = None
 
     @property
+    def transient(self) -> bool:
+        return self.window is not None
+
+    @property
     def charged(self) -> int:
+        """What this item costs while it is mapped."""
         return self.bytes * self.containers
 
 
@@ -70,19 +96,47 @@ class Ledger:
     excluded_plugins: tuple[str, ...] = ()
 
     def required(self, mode: Mode, zero_page_allowance: int | None = None) -> int:
-        """Bytes the kernel charges to RLIMIT_MEMLOCK, no margin.
+        """Peak bytes the kernel charges to RLIMIT_MEMLOCK over boot, no margin.
 
-        ``tolerant`` forgives zero-fill pages up to ``zero_page_allowance`` bytes
-        (None: all of them, as kernels before 6.2 did).
+        ``tolerant`` forgives zero-fill pages, at most ``zero_page_allowance`` bytes of
+        those mapped at any one time (None: all of them, as kernels before 6.2 did).
         """
-        strict = sum(i.charged for i in self.items)
+        strict = self._peak(zero_fill=True)
         if mode is Mode.STRICT:
             return strict
         if mode is Mode.TOLERANT:
-            zero = self.charged_of(Backing.ZERO_FILL)
-            forgiven = zero if zero_page_allowance is None else min(zero, zero_page_allowance)
-            return strict - forgiven
+            forgiving_all = self._peak(zero_fill=False)
+            if zero_page_allowance is None:
+                return forgiving_all
+            # Per phase: charge - min(zero, A); the max over phases of that equals
+            # max(peak without zero-fill, strict peak - A).
+            return max(forgiving_all, strict - zero_page_allowance)
         raise ValueError("resolve auto to strict or tolerant first")
+
+    def _peak(self, *, zero_fill: bool) -> int:
+        always = 0
+        regions: dict[tuple[Window, str], int] = {}
+        for i in self.items:
+            if not zero_fill and i.backing is Backing.ZERO_FILL:
+                continue
+            if i.window is None:
+                always += i.charged
+            else:
+                key = (i.window, i.region or i.source)
+                regions[key] = regions.get(key, 0) + i.charged
+        return always + max(regions.values(), default=0)
+
+    def peak_region(self) -> tuple[Window, str, int] | None:
+        """The boot-time region that sets the peak (strict), if any."""
+        regions: dict[tuple[Window, str], int] = {}
+        for i in self.items:
+            if i.window is not None:
+                key = (i.window, i.region or i.source)
+                regions[key] = regions.get(key, 0) + i.charged
+        if not regions:
+            return None
+        (window, region), charge = max(regions.items(), key=lambda kv: kv[1])
+        return window, region, charge
 
     def charged_of(self, backing: Backing) -> int:
         return sum(i.charged for i in self.items if i.backing is backing)

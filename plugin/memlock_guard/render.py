@@ -29,7 +29,8 @@ def to_dict(r: Report) -> dict[str, Any]:
         "mode_reason": v.mode_reason,
         "items": [
             {"source": i.source, "bytes": i.bytes, "backing": i.backing.value,
-             "readonly": i.readonly, "transient": i.transient, "containers": i.containers,
+             "readonly": i.readonly, "transient": i.transient,
+             "window": i.window.value if i.window else None, "containers": i.containers,
              "kind": i.kind.value, "charged_bytes": i.charged,
              **({"note": i.note} if i.note else {})}
             for i in r.ledger.items],
@@ -84,9 +85,9 @@ def to_text(r: Report) -> str:
     reasons = "; ".join(led.container_reasons) or "nothing pins guest memory"
     lines.append(f"containers: {led.containers} ({reasons})")
     lines.append("")
-    header = ("SOURCE", "SIZE", "BACKING", "RO", "BOOT", "CONT", "CHARGED")
+    header = ("SOURCE", "SIZE", "BACKING", "RO", "WINDOW", "CONT", "CHARGED")
     rows = [(i.source, human(i.bytes), i.backing.value, "ro" if i.readonly else "rw",
-             "yes" if i.transient else "", str(i.containers), human(i.charged))
+             i.window.value if i.window else "", str(i.containers), human(i.charged))
             for i in led.items]
     widths = [max(len(x[c]) for x in [header, *rows]) for c in range(len(header))]
     right = {1, 5, 6}
@@ -98,8 +99,14 @@ def to_text(r: Report) -> str:
     if notes:
         lines.append("")
         lines += notes
+    peak = led.peak_region()
+    if peak:
+        lines.append("")
+        lines.append("  Items with a WINDOW are mapped only at boot, one region at a time; the")
+        lines.append(f"  peak counts the largest: {peak[1]} ({human(peak[2])}).")
     lines.append("")
-    non_ram = sum(i.charged for i in led.items if i.kind.value != "ram")
+    ram = sum(i.charged for i in led.items if i.kind.value == "ram")
+    non_ram = v.required_strict - ram
     lines.append(f"required   strict {human(v.required_strict)} ({v.required_strict} B), "
                  f"tolerant {human(v.required_tolerant)} ({v.required_tolerant} B); "
                  f"beyond guest RAM: {human(non_ram)}")

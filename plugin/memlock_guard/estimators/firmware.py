@@ -6,6 +6,10 @@ plus an *alias* of its last 128 KiB below 1 MiB, which VFIO maps (and charges) a
 time. pc.rom is 128 KiB of option-ROM space that QEMU never writes. OVMF loaded as
 pflash is a ROM *device*, which VFIO skips, but QEMU before 9.1 (and machine types
 <= 9.0 after it) also made a 128 KiB RAM copy of its top as isa-bios.
+
+Measured on QEMU 7.2: SeaBIOS shadows itself into RAM (PAM) within milliseconds, so
+its isa-bios alias and pc.rom are mapped only before that ("pre-firmware" window);
+under OVMF the isa-bios copy and pc.rom stay mapped.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Iterable
 from ..domain import Domain
 from ..hookspecs import hookimpl
 from ..host import HostFacts
-from ..ledger import Backing, Exposure, Kind
+from ..ledger import Backing, Exposure, Kind, Window
 from ..units import KiB, MiB
 
 ISA_BIOS_MAX = 128 * KiB
@@ -32,6 +36,8 @@ def memlock_guard_exposures(domain: Domain, host: HostFacts) -> Iterable[Exposur
     family = domain.machine.family
     kind = domain.firmware.kind
     out: list[Exposure] = []
+    # SeaBIOS and -bios ROMs shadow themselves; OVMF leaves pc.rom mapped.
+    shadowed = Window.PRE_FIRMWARE if kind != "pflash" else None
     if kind == "pflash":
         if _pflash_has_isa_bios_copy(domain, host):
             out.append(Exposure("isa-bios (RAM copy of the pflash top)", ISA_BIOS_MAX,
@@ -52,11 +58,11 @@ def memlock_guard_exposures(domain: Domain, host: HostFacts) -> Iterable[Exposur
                             kind=Kind.FIRMWARE, note=note))
         out.append(Exposure("isa-bios (alias of the pc.bios top, mapped again)",
                             min(size, ISA_BIOS_MAX), Backing.FILE_ROM, readonly=True,
-                            kind=Kind.FIRMWARE, transient=True))
+                            kind=Kind.FIRMWARE, window=shadowed, region="pre-firmware"))
     if family in PC_FAMILIES or family == "other":
         out.append(Exposure("pc.rom (option ROM space, never written)", PC_ROM_SIZE,
                             Backing.ZERO_FILL, readonly=True, kind=Kind.FIRMWARE,
-                            transient=True))
+                            window=shadowed, region="pre-firmware" if shadowed else None))
     return out
 
 

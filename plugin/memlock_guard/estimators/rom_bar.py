@@ -8,7 +8,7 @@ are never written, so a read-only pin got the shared zero page before Linux 6.2.
 from __future__ import annotations
 
 from ..host import HostFacts
-from ..ledger import Backing, Exposure, Kind
+from ..ledger import Backing, Exposure, Kind, Window
 from ..units import MiB, pow2ceil, round_up
 
 PAGE = 4096
@@ -17,8 +17,9 @@ PAGE = 4096
 UNKNOWN_ROM_SIZE = 1 * MiB
 
 
-def rom_bar(host: HostFacts, file: str, label: str, *, kind: Kind = Kind.OPTION_ROM,
-            transient: bool = True) -> list[Exposure]:
+def rom_bar(host: HostFacts, file: str, label: str, *,
+            kind: Kind = Kind.OPTION_ROM) -> list[Exposure]:
+    """The ROM BAR's items, in the boot-rom window: firmware maps one ROM at a time."""
     size, origin = host.rom_size(file)
     note = None
     if size is None:
@@ -31,9 +32,11 @@ def rom_bar(host: HostFacts, file: str, label: str, *, kind: Kind = Kind.OPTION_
     bar = pow2ceil(size)
     written = min(round_up(size, PAGE), bar)
     name = file if "/" not in file else file.rsplit("/", 1)[1]
-    out = [Exposure(f"{label} ROM BAR {name}", written, Backing.FILE_ROM, readonly=True,
-                    kind=kind, transient=transient, note=note)]
+    region = f"{label} ROM BAR {name}"
+    out = [Exposure(region, written, Backing.FILE_ROM, readonly=True, kind=kind,
+                    window=Window.BOOT_ROM, region=region, note=note)]
     if bar > written:
-        out.append(Exposure(f"{label} ROM BAR {name} (never-written tail)", bar - written,
-                            Backing.ZERO_FILL, readonly=True, kind=kind, transient=transient))
+        out.append(Exposure(f"{region} (never-written tail)", bar - written,
+                            Backing.ZERO_FILL, readonly=True, kind=kind,
+                            window=Window.BOOT_ROM, region=region))
     return out

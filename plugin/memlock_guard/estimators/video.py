@@ -14,6 +14,11 @@ each BAR (hw/display/*.c):
 - virtio  -> virtio-vga (8 MiB VGA RAM) when primary; virtio-gpu-pci (no RAM BAR) when not.
 - ramfb, none and the rest map nothing of their own.
 Only the primary VGA-compatible device carries a VGA BIOS (vgabios-*.bin) ROM BAR.
+
+A VGA-compatible primary (VGA, qxl-vga, virtio-vga, vmware-svga, cirrus) also maps
+its RAM a second time at 0xa0000 while the guest uses a chain-4 graphics mode
+(QEMU's "vga.chain4" alias, up to 128 KiB; cirrus's two 32 KiB bank aliases). OVMF's
+GOP mode does that (measured: 64 KiB). It counts as always mapped: the guest decides.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ VGA_BIOS = {"vga": "vgabios-stdvga.bin", "cirrus": "vgabios-cirrus.bin",
             "qxl": "vgabios-qxl.bin", "virtio": "vgabios-virtio.bin",
             "vmvga": "vgabios-vmware.bin", "bochs": "vgabios-bochs-display.bin"}
 NON_PCI = ("ccw", "virtio-mmio", "isa")
+# Largest legacy-window alias of video RAM (vga_update_memory_access: 0xa0000-0xbffff).
+LOW_ALIAS = {"vga": 128 * KiB, "qxl": 128 * KiB, "virtio": 128 * KiB, "vmvga": 128 * KiB,
+             "cirrus": 64 * KiB}
 
 
 @hookimpl
@@ -51,6 +59,10 @@ def memlock_guard_exposures(domain: Domain, host: HostFacts) -> Iterable[Exposur
             continue
         label = f"video {video.alias or f'#{i}'}"
         out += _ram_bars(video, label)
+        alias = LOW_ALIAS.get(video.model or "") if video.primary else None
+        if alias:
+            out.append(Exposure(f"{label} legacy VGA window alias (graphics modes)", alias,
+                                Backing.DEVICE_RAM, readonly=False, kind=Kind.VIDEO))
         # A secondary qxl/virtio is the non-VGA variant, which has no VGA BIOS.
         bios = VGA_BIOS.get(video.model or "") if video.primary else None
         if bios:
