@@ -1,0 +1,164 @@
+"""The audit log: one JSON object per line for every decision, plus a syslog summary.
+
+Writers are the hook (many at once: libvirtd starts VMs in parallel) and the reconciler.
+Each line goes out in one write() on an O_APPEND descriptor under an exclusive flock, so
+concurrent writers never interleave, whatever the line length or file system.
+
+Fields (always present, null when not known):
+  time            UTC, ISO 8601 with milliseconds
+  op              prepare | migrate | restore | apply | ...  (the libvirt hook op, or the verb)
+  domain, uuid
+  mode            strict | tolerant (auto already resolved)
+  required        bytes the kernel will charge, in that mode
+  limit           bytes QEMU gets; null when unlimited
+  limit_source    hard_limit | locked | libvirt-formula | inherited | kubevirt | ...
+  verdict         fits | short | unlimited | error
+  action          allow | warn | refuse | adjust | keep | apply ...
+  recommended_hard_limit  bytes
+  plugin_version, pid, policy (where the policy came from)
+  error           what failed, when verdict is error
+  ... and whatever the caller adds (e.g. hard_limit_from/hard_limit_to for adjust).
+
+Nothing here raises: an audit failure must never change a decision, so ``log()`` reports
+it on stderr and returns False.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping
+from typing import IO, TYPE_CHECKING, Any
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .report import Report
+
+# A line longer than this is cut down (long strings first) so a runaway error message
+# cannot bloat the log; real lines are a few hundred bytes.
+MAX_LINE = 8192
+_MAX_STR = 1000
+
+
+def entry(*, op: str, domain: str | None, uuid: str | None, action: str,
+          verdict: str | None = None, mode: str | None = None, required: int | None = None,
+          limit: int | None = None, limit_source: str | None = None,
+          recommended_hard_limit: int | None = None, policy: str | None = None,
+          error: str | None = None, **extra: Any) -> dict[str, Any]:
+    """One audit record; ``extra`` keys are added after the standard ones."""
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    rec: dict[str, Any] = {
+        "time": stamp, "op": op, "domain": domain, "uuid": uuid, "mode": mode,
+        "required": required, "limit": limit, "limit_source": limit_source,
+        "verdict": verdict, "action": action,
+        "recommended_hard_limit": recommended_hard_limit,
+        "plugin_version": __version__, "pid": os.getpid(), "policy": policy, "error": error,
+    }
+    rec.update(extra)
+    return rec
+
+
+def from_report(op: str, report: Report, *, action: str, policy: str | None = None,
+                **extra: Any) -> dict[str, Any]:
+    """The record for a decision made on ``report`` (hook, apply, watch)."""
+    v = report.verdict
+    if report.ledger.excluded_plugins:
+        extra.setdefault("excluded_plugins", list(report.ledger.excluded_plugins))
+    return entry(op=op, domain=report.domain.name, uuid=report.domain.uuid, action=action,
+                 verdict=v.outcome.value, mode=v.mode.value, required=v.required,
+                 limit=v.limit.bytes, limit_source=v.limit.source,
+                 recommended_hard_limit=v.recommended_hard_limit, policy=policy, **extra)
+
+
+def encode(record: Mapping[str, Any]) -> bytes:
+    """The record as one line of JSON (newline included), no longer than MAX_LINE."""
+    line = json.dumps(record, separators=(",", ":"), default=str, ensure_ascii=True)
+    if len(line) + 1 > MAX_LINE:
+        clipped = {k: (v[:_MAX_STR] + "…" if isinstance(v, str) and len(v) > _MAX_STR else v)
+                   for k, v in record.items()}
+        line = json.dumps(clipped, separators=(",", ":"), default=str, ensure_ascii=True)
+        if len(line) + 1 > MAX_LINE:
+            keep = ("time", "op", "domain", "uuid", "verdict", "action", "plugin_version")
+            line = json.dumps({**{k: record.get(k) for k in keep}, "truncated": True},
+                              separators=(",", ":"), default=str, ensure_ascii=True)
+    return line.encode("ascii") + b"\n"
+
+
+def append(path: str, record: Mapping[str, Any]) -> None:
+    """Append one line to ``path`` atomically; raises OSError."""
+    data = encode(record)
+    parent = os.path.dirname(path)
+    if parent and not os.path.isdir(parent):
+        os.makedirs(parent, mode=0o750, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        # O_APPEND alone keeps writes from overwriting each other; the lock also keeps a
+        # short write's remainder (full disk, signals) from landing after another line.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def summary(record: Mapping[str, Any]) -> str:
+    """The one-line syslog form of a record."""
+    parts = [f"{record.get('op')} {record.get('domain')}: {record.get('action')}",
+             f"verdict={record.get('verdict')}"]
+    for key in ("mode", "required", "limit", "recommended_hard_limit"):
+        if record.get(key) is not None:
+            parts.append(f"{key}={record[key]}")
+    if record.get("error"):
+        parts.append(f"error={str(record['error'])[:200]}")
+    return " ".join(parts)
+
+
+def to_syslog(record: Mapping[str, Any], *, socket_path: str = "/dev/log") -> None:
+    """Send the summary to syslog when a syslog daemon listens; quietly skip otherwise."""
+    if not os.path.exists(socket_path):
+        return
+    import syslog  # lazily: the hook's non-acting ops never get here
+
+    action = record.get("action")
+    prio = (syslog.LOG_ERR if action == "refuse" or record.get("verdict") == "error"
+            else syslog.LOG_WARNING if action == "warn" else syslog.LOG_INFO)
+    syslog.openlog("memlock-guard", syslog.LOG_PID, syslog.LOG_DAEMON)
+    try:
+        syslog.syslog(prio, summary(record))
+    finally:
+        syslog.closelog()
+
+
+def log(path: str | None, record: Mapping[str, Any], *, use_syslog: bool = True,
+        stderr: IO[str] | None = None) -> bool:
+    """Write ``record`` to the audit log and syslog; False (and a line on stderr) on failure.
+
+    ``path`` None skips the file (syslog only).
+    """
+    ok = True
+    if path:
+        try:
+            append(path, record)
+        except OSError as e:
+            ok = False
+            print(f"memlock-guard: cannot write audit log {path}: {e.strerror or e}",
+                  file=stderr or sys.stderr)
+    if use_syslog:
+        # Best effort: the file above is the record.
+        with contextlib.suppress(OSError):
+            to_syslog(record)
+    return ok
+
+
+def read(path: str) -> list[dict[str, Any]]:
+    """Every record in an audit log (for tests and `audit` tooling); raises on a bad line."""
+    with open(path, encoding="ascii") as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,377 @@
+"""The operator's policy: the host file, the per-domain override, and the Settings they give.
+
+The host file is ``/etc/memlock-guard/policy.xml`` (``--policy`` or
+``MEMLOCK_GUARD_POLICY`` point elsewhere), root ``<policy>`` in namespace
+``urn:memlock-guard:policy:1``, every element optional::
+
+    <policy xmlns="urn:memlock-guard:policy:1">
+      <mode>auto</mode>                       strict | tolerant | auto
+      <on-shortfall>refuse</on-shortfall>     refuse | warn
+      <adjust><migrate/><restore/></adjust>   which ops may print a raised hard_limit
+      <margin unit="MiB">64</margin>
+      <zero-page-allowance unit="KiB">0</zero-page-allowance>   or: unlimited
+      <on-error>allow</on-error>              allow | refuse
+      <plugins><allow>NAME</allow></plugins>
+      <audit-log>/var/log/memlock-guard/audit.jsonl</audit-log>
+    </policy>
+
+A domain may override the first five inside ``<metadata><mg:policy
+xmlns:mg="urn:memlock-guard:policy:1">``. ``on-error``, ``plugins`` and ``audit-log`` are
+host-only: whoever can edit a domain must not load code into a root process, switch off
+the fail-safe or hide the audit trail. The override is held to the same grammar, so a
+host-only element there is an error, not silently dropped.
+
+``schemas/policy.rng`` is the published grammar (editors, packaging checks) and is
+enforced here too; the checks in this module run first because RelaxNG's own messages
+("Extra element mode in interleave", line 0) do not tell an operator what to fix.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lxml import etree
+
+from . import xmlsafe
+from .errors import InputError
+from .ledger import Mode
+from .units import MiB, parse_scaled
+
+if TYPE_CHECKING:
+    from .domain import Domain
+    from .report import Settings
+
+NS = "urn:memlock-guard:policy:1"
+DEFAULT_PATH = "/etc/memlock-guard/policy.xml"
+ENV_VAR = "MEMLOCK_GUARD_POLICY"
+DEFAULT_AUDIT_LOG = "/var/log/memlock-guard/audit.jsonl"
+DEFAULT_MARGIN = 64 * MiB  # the same number as report.DEFAULT_MARGIN, without its imports
+MAX_POLICY_BYTES = 256 * 1024  # a real policy is a few hundred bytes
+ADJUSTABLE_OPS = ("migrate", "restore")
+HOST_ONLY = ("on-error", "plugins", "audit-log")
+
+_RNG_NS = "http://relaxng.org/ns/structure/1.0"
+
+
+class OnShortfall(StrEnum):
+    REFUSE = "refuse"
+    WARN = "warn"
+
+
+class OnError(StrEnum):
+    ALLOW = "allow"
+    REFUSE = "refuse"
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    mode: Mode = Mode.AUTO
+    on_shortfall: OnShortfall = OnShortfall.REFUSE
+    adjust: frozenset[str] = frozenset(ADJUSTABLE_OPS)
+    margin: int = DEFAULT_MARGIN
+    zero_page_allowance: int | None = 0  # None: forgive every zero-fill page
+    on_error: OnError = OnError.ALLOW
+    plugins: tuple[str, ...] = ()
+    audit_log: str = DEFAULT_AUDIT_LOG
+    # Where the values came from, for messages and the audit log.
+    origin: str = "built-in defaults"
+    # Elements a domain's <metadata> overrode, in document order.
+    overridden: tuple[str, ...] = field(default=())
+
+    def may_adjust(self, op: str) -> bool:
+        return op in self.adjust
+
+
+DEFAULTS = Policy()
+
+
+def policy_path(explicit: str | None = None,
+                environ: Mapping[str, str] | None = None) -> tuple[str, bool]:
+    """(path, named): ``--policy``, else ``$MEMLOCK_GUARD_POLICY``, else the default.
+
+    ``named`` is True when someone chose the path; a missing named file is an error,
+    while a missing default file means the built-in defaults.
+    """
+    if explicit:
+        return explicit, True
+    env = (os.environ if environ is None else environ).get(ENV_VAR)
+    if env:
+        return env, True
+    return DEFAULT_PATH, False
+
+
+def load(path: str | None = None, *, named: bool | None = None) -> Policy:
+    """The host policy from ``path`` (default: policy_path()); InputError when it is bad."""
+    if path is None:
+        path, was_named = policy_path()
+    else:
+        was_named = True
+    if named is not None:
+        was_named = named
+    data = _read_regular_file(path, missing_ok=not was_named)
+    if data is None:
+        return DEFAULTS
+    return parse(data, what=f"policy {path}", origin=path)
+
+
+def parse(data: bytes, *, what: str = "policy", origin: str = "policy") -> Policy:
+    """A host policy document; every error names ``what``, the line and the element."""
+    root = xmlsafe.parse(data, what=what, max_bytes=MAX_POLICY_BYTES)
+    _expect_root(root, what)
+    values = _interpret(root, what, host=True)
+    _validate(root, what, host=True)
+    return replace(DEFAULTS, origin=origin, **values)
+
+
+def override(base: Policy, element: bytes | None, *, domain_name: str = "domain") -> Policy:
+    """``base`` with a domain's ``<mg:policy>`` metadata element (serialised) laid over it."""
+    if element is None:
+        return base
+    what = f"{domain_name}'s <metadata> policy"
+    root = xmlsafe.parse(element, what=what, max_bytes=MAX_POLICY_BYTES)
+    _expect_root(root, what)
+    _adopt_children(root)
+    values = _interpret(root, what, host=False)
+    _validate(root, what, host=False)
+    if not values:
+        return base
+    names = tuple(_ELEMENT_OF[k] for k in values)
+    return replace(base, origin=f"{base.origin} + {domain_name}'s <metadata>",
+                   overridden=names, **values)
+
+
+def for_domain(base: Policy, domain: Domain) -> Policy:
+    return override(base, domain.metadata_element("policy"), domain_name=domain.name)
+
+
+def to_settings(p: Policy, *, libvirt_version: tuple[int, int, int] | None = None,
+                platform: str = "libvirt") -> Settings:
+    """The accounting numbers of a policy, as report.assess() takes them."""
+    from .report import Settings
+
+    return Settings(mode=p.mode, margin=p.margin, zero_page_allowance=p.zero_page_allowance,
+                    libvirt_version=libvirt_version, platform=platform)
+
+
+def plugin_manager(p: Policy) -> Any:
+    """The pluggy manager for this policy: built-ins plus the allowed third-party plugins.
+
+    Typed loosely so importing this module never imports pluggy.
+    """
+    from . import plugins
+
+    return plugins.manager(p.plugins)
+
+
+# -- reading ---------------------------------------------------------------------------
+
+def _read_regular_file(path: str, *, missing_ok: bool) -> bytes | None:
+    """The file's bytes; None when it is absent and ``missing_ok``.
+
+    O_NONBLOCK and the S_ISREG check: a policy path that is (or links to) a FIFO or a
+    device must fail at once, not block libvirtd's start path or stream /dev/zero.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise InputError(f"policy {path} does not exist") from None
+    except OSError as e:
+        raise InputError(f"cannot read policy {path}: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"policy {path} is not a regular file")
+        if st.st_size > MAX_POLICY_BYTES:
+            raise InputError(f"policy {path} is larger than {MAX_POLICY_BYTES // 1024} KiB")
+        chunks = []
+        total = 0
+        while total <= MAX_POLICY_BYTES:
+            chunk = os.read(fd, MAX_POLICY_BYTES + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as e:
+        raise InputError(f"cannot read policy {path}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > MAX_POLICY_BYTES:
+        raise InputError(f"policy {path} is larger than {MAX_POLICY_BYTES // 1024} KiB")
+    return data
+
+
+# -- interpreting ----------------------------------------------------------------------
+
+_ELEMENT_OF = {
+    "mode": "mode", "on_shortfall": "on-shortfall", "adjust": "adjust", "margin": "margin",
+    "zero_page_allowance": "zero-page-allowance", "on_error": "on-error",
+    "plugins": "plugins", "audit_log": "audit-log",
+}
+_FIELD_OF = {v: k for k, v in _ELEMENT_OF.items()}
+
+
+def _q(local: str) -> str:
+    return f"{{{NS}}}{local}"
+
+
+def _where(what: str, el: etree._Element) -> str:
+    line = f" line {el.sourceline}" if el.sourceline else ""
+    return f"{what}{line}: <{_local(el)}>"
+
+
+def _local(el: etree._Element) -> str:
+    return etree.QName(el).localname if isinstance(el.tag, str) else "?"
+
+
+def _expect_root(root: etree._Element, what: str) -> None:
+    if root.tag != _q("policy"):
+        tag = root.tag if isinstance(root.tag, str) else "?"
+        raise InputError(f"{what} line {root.sourceline or 1}: root element is "
+                         f"<{tag[:80]}>, expected <policy xmlns=\"{NS}\">")
+
+
+def _adopt_children(root: etree._Element) -> None:
+    """Put un-namespaced children into our namespace.
+
+    ``virsh metadata --uri … --key mg --set '<policy><mode>…'`` gives only the root
+    element the namespace; the children keep none. Both spellings mean the same thing.
+    """
+    for el in root.iter():
+        if isinstance(el.tag, str) and not el.tag.startswith("{"):
+            el.tag = _q(el.tag)
+
+
+def _text(el: etree._Element, what: str, choices: tuple[str, ...]) -> str:
+    if len(el):
+        raise InputError(f"{_where(what, el)} takes text, not child elements")
+    value = (el.text or "").strip()
+    if value not in choices:
+        shown = value if len(value) <= 30 else value[:30] + "…"
+        raise InputError(f"{_where(what, el)} is {shown!r}; expected one of "
+                         f"{', '.join(choices)}")
+    return value
+
+
+def _size(el: etree._Element, what: str) -> int:
+    if len(el):
+        raise InputError(f"{_where(what, el)} takes a number, not child elements")
+    return parse_scaled(el.text, el.get("unit"), what=_where(what, el))
+
+
+def _interpret(root: etree._Element, what: str, *, host: bool) -> dict[str, Any]:
+    """The fields a document sets, checked, keyed by Policy field name."""
+    values: dict[str, Any] = {}
+    if (root.text or "").strip():
+        raise InputError(f"{_where(what, root)} has stray text; settings go in child elements")
+    for el in root:
+        name = _local(el)
+        if not isinstance(el.tag, str) or el.tag != _q(name):
+            raise InputError(f"{_where(what, el)} is not in namespace {NS}")
+        if name not in _FIELD_OF:
+            raise InputError(f"{_where(what, el)} is not a policy setting (known: "
+                             f"{', '.join(_FIELD_OF)})")
+        if not host and name in HOST_ONLY:
+            raise InputError(f"{_where(what, el)} can only be set in the host policy file, "
+                             f"not per domain")
+        key = _FIELD_OF[name]
+        if key in values:
+            raise InputError(f"{_where(what, el)} appears more than once")
+        if (el.tail or "").strip():
+            raise InputError(f"{_where(what, el)} is followed by stray text")
+        values[key] = _value(el, name, what)
+    return values
+
+
+def _value(el: etree._Element, name: str, what: str) -> Any:
+    if name == "mode":
+        return Mode(_text(el, what, ("strict", "tolerant", "auto")))
+    if name == "on-shortfall":
+        return OnShortfall(_text(el, what, ("refuse", "warn")))
+    if name == "on-error":
+        return OnError(_text(el, what, ("allow", "refuse")))
+    if name == "margin":
+        return _size(el, what)
+    if name == "zero-page-allowance":
+        if (el.text or "").strip() == "unlimited" and el.get("unit") is None:
+            return None
+        return _size(el, what)
+    if name == "adjust":
+        ops: list[str] = []
+        for child in el:
+            op = _local(child)
+            if child.tag != _q(op) or op not in ADJUSTABLE_OPS:
+                raise InputError(f"{_where(what, child)} inside <adjust>: expected "
+                                 f"<migrate/> or <restore/>")
+            if op in ops:
+                raise InputError(f"{_where(what, child)} appears more than once in <adjust>")
+            ops.append(op)
+        return frozenset(ops)
+    if name == "plugins":
+        names: list[str] = []
+        for child in el:
+            if child.tag != _q("allow"):
+                raise InputError(f"{_where(what, child)} inside <plugins>: expected <allow>")
+            plugin = (child.text or "").strip()
+            if not plugin:
+                raise InputError(f"{_where(what, child)} names no plugin")
+            if plugin not in names:
+                names.append(plugin)
+        return tuple(names)
+    if name == "audit-log":
+        path = (el.text or "").strip()
+        if not path.startswith("/"):
+            raise InputError(f"{_where(what, el)} must be an absolute path")
+        return path
+    raise AssertionError(name)  # _FIELD_OF and this function list the same names
+
+
+# -- the RelaxNG grammar ---------------------------------------------------------------
+
+_SCHEMAS: dict[bool, etree.RelaxNG] = {}
+
+
+def schema_path() -> Path:
+    """schemas/policy.rng: beside the package when installed, else in the source tree."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "data" / "policy.rng", here.parent.parent / "schemas" / "policy.rng"):
+        if candidate.is_file():
+            return candidate
+    raise InputError("schemas/policy.rng is missing from this installation")
+
+
+def _schema(host: bool) -> etree.RelaxNG:
+    cached = _SCHEMAS.get(host)
+    if cached is not None:
+        return cached
+    path = schema_path()
+    grammar = xmlsafe.parse(path.read_bytes(), what=str(path))
+    if not host:
+        ref = grammar.find(f"{{{_RNG_NS}}}start/{{{_RNG_NS}}}ref")
+        assert ref is not None, "policy.rng: <start> must hold a single <ref>"
+        ref.set("name", "domain-policy")
+    schema = etree.RelaxNG(grammar)
+    _SCHEMAS[host] = schema
+    return schema
+
+
+def _validate(root: etree._Element, what: str, *, host: bool) -> None:
+    schema = _schema(host)
+    if schema.validate(root):
+        return
+    # The Python checks above accept only what the grammar describes; reaching this
+    # means the two disagree, so report the grammar's words with the best line we have.
+    errors = [e for e in schema.error_log if e.line] or list(schema.error_log)
+    first = errors[0] if errors else None
+    line = f" line {first.line}" if first is not None and first.line else ""
+    msg = first.message if first is not None else "does not match schemas/policy.rng"
+    raise InputError(f"{what}{line}: {msg} (schemas/policy.rng)")
