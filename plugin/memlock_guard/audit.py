@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 # cannot bloat the log; real lines are a few hundred bytes.
 MAX_LINE = 8192
 _MAX_STR = 1000
+LOCK_WAIT = 2.0  # seconds
 
 
 def entry(*, op: str, domain: str | None, uuid: str | None, action: str,
@@ -100,13 +101,30 @@ def append(path: str, record: Mapping[str, Any]) -> None:
     try:
         # O_APPEND alone keeps writes from overwriting each other; the lock also keeps a
         # short write's remainder (full disk, signals) from landing after another line.
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _lock(fd)
         view = memoryview(data)
         while view:
             n = os.write(fd, view)
             view = view[n:]
     finally:
         os.close(fd)  # releases the lock
+
+
+def _lock(fd: int, wait: float = LOCK_WAIT) -> None:
+    """flock, but bounded: a writer stuck holding the lock must not hang a VM start.
+
+    After ``wait`` seconds we write unlocked; O_APPEND still keeps the line whole on
+    local file systems, and losing the lock beats hanging libvirtd.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.005)
 
 
 def summary(record: Mapping[str, Any]) -> str:

@@ -105,8 +105,12 @@ class HostFacts:
 
 
 def collect(*, extra_files: Iterable[str] = (), probe_qemu: bool = False,
-            probe_libvirt: bool = False, override: Mapping[str, Any] | None = None) -> HostFacts:
+            probe_libvirt: bool = False, override: Mapping[str, Any] | None = None,
+            data_dirs: Iterable[str] = ()) -> HostFacts:
     """Read this host; ``override`` (a parsed --host-facts file) wins over what is read.
+
+    ``data_dirs`` are searched for ROM files before the default directories: the hook
+    cannot afford ``qemu -L help`` on every start, so it passes what install-hook learned.
 
     With ``"probe_host": false`` in the override nothing is read from the host, so
     a report depends on the file and the built-in defaults alone.
@@ -115,7 +119,7 @@ def collect(*, extra_files: Iterable[str] = (), probe_qemu: bool = False,
     facts = HostFacts()
     prov: dict[str, str] = {}
     if probe_host:
-        facts, prov = _probe(extra_files, probe_qemu, probe_libvirt)
+        facts, prov = _probe(extra_files, probe_qemu, probe_libvirt, tuple(data_dirs))
     if override:
         facts = _apply_override(facts, override, prov)
     return replace(facts, provenance=tuple(sorted(prov.items())))
@@ -145,10 +149,10 @@ def parse_version(text: str, *, what: str) -> tuple[int, int, int]:
     return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
 
 
-def _probe(extra_files: Iterable[str], probe_qemu: bool,
-           probe_libvirt: bool) -> tuple[HostFacts, dict[str, str]]:
+def _probe(extra_files: Iterable[str], probe_qemu: bool, probe_libvirt: bool,
+           data_dirs: tuple[str, ...] = ()) -> tuple[HostFacts, dict[str, str]]:
     prov = {"kernel_release": "host", "rom_files": "host"}
-    dirs = list(DEFAULT_DATA_DIRS)
+    dirs = list(dict.fromkeys(data_dirs + DEFAULT_DATA_DIRS))
     qemu_version = None
     if probe_qemu:
         found, qemu_version = _qemu_probe()

@@ -29,6 +29,7 @@ enforced here too; the checks in this module run first because RelaxNG's own mes
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -57,6 +58,21 @@ ADJUSTABLE_OPS = ("migrate", "restore")
 HOST_ONLY = ("on-error", "plugins", "audit-log")
 
 _RNG_NS = "http://relaxng.org/ns/structure/1.0"
+
+
+class PolicyError(InputError):
+    """A policy that cannot be used, with the fail-safe settings still legible in it.
+
+    A broken file must still be able to say ``<on-error>refuse</on-error>`` (the
+    operator asked to fail closed) and where the audit log is, so those two are read
+    from the raw bytes when the document as a whole cannot be.
+    """
+
+    def __init__(self, message: str, *, on_error: OnError | None = None,
+                 audit_log: str | None = None) -> None:
+        super().__init__(message)
+        self.on_error = on_error
+        self.audit_log = audit_log
 
 
 class OnShortfall(StrEnum):
@@ -117,7 +133,31 @@ def load(path: str | None = None, *, named: bool | None = None) -> Policy:
     data = _read_regular_file(path, missing_ok=not was_named)
     if data is None:
         return DEFAULTS
-    return parse(data, what=f"policy {path}", origin=path)
+    try:
+        return parse(data, what=f"policy {path}", origin=path)
+    except InputError as e:
+        on_error, audit_log = salvage(data)
+        raise PolicyError(str(e), on_error=on_error, audit_log=audit_log) from None
+
+
+_PREFIX = rb"<(?:[A-Za-z_][\w.-]*:)?"
+_SALVAGE_ON_ERROR = re.compile(_PREFIX + rb"on-error\s*>\s*(allow|refuse)\s*<")
+_SALVAGE_AUDIT = re.compile(_PREFIX + rb"audit-log\s*>\s*(/[^<>\x00-\x1f]{0,4000}?)\s*<")
+
+
+def salvage(data: bytes) -> tuple[OnError | None, str | None]:
+    """(on-error, audit-log) read textually from a policy that does not parse or validate.
+
+    Only an unambiguous single occurrence counts; anything else gives None (the defaults).
+    """
+    def one(pattern: re.Pattern[bytes]) -> str | None:
+        found = pattern.findall(data[:MAX_POLICY_BYTES])
+        if len(set(found)) != 1:
+            return None
+        return bytes(found[0]).decode("ascii", "replace")
+
+    on_error = one(_SALVAGE_ON_ERROR)
+    return (OnError(on_error) if on_error else None), one(_SALVAGE_AUDIT)
 
 
 def parse(data: bytes, *, what: str = "policy", origin: str = "policy") -> Policy:
