@@ -6,4 +6,6 @@ run(), so ``memlock-guard --help`` stays quick and never needs libvirt-python.
 
 VERBS = (
     "estimate",
+    "install_hook",
+    "uninstall_hook",
 )

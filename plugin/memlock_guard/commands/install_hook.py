@@ -1,0 +1,236 @@
+"""memlock-guard install-hook: put the libvirt qemu hook in place, and cache slow host facts."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+HELP = "install the libvirt qemu hook that checks every VM start (then restart libvirtd)"
+DESCRIPTION = """\
+Installs hooks/qemu as /etc/libvirt/hooks/qemu.d/50-memlock-guard (libvirt >= 6.5 runs
+every executable in qemu.d/, after a top-level 'qemu' script), with this Python's
+absolute path written in: libvirt runs hooks with an empty environment.
+
+From then on libvirt calls it for every domain operation:
+  prepare begin    judge the domain; refuse the start (exit 1, one paragraph that
+                   virsh shows) or warn, as the policy's <on-shortfall> says
+  migrate begin    print the XML with <memtune><hard_limit> raised when it is short
+  restore begin    (the policy's <adjust> chooses which of the two may)
+  anything else    exit 0 at once
+
+It also caches what is slow to learn on every start (libvirt and QEMU versions, QEMU's
+data directories) in /var/lib/memlock-guard/host-facts.json. Run install-hook again
+after upgrading libvirt or QEMU; it replaces its own files and nothing else.
+
+libvirt looks for hooks only when the daemon starts, so restart libvirtd (or virtqemud
+on modular deployments) afterwards.
+
+--as-main-script installs it as the top-level 'qemu' script instead, for setups that
+only mount that one file (OpenStack-Helm). An existing 'qemu' that is not ours is never
+replaced silently: install-hook stops, unless --force, which moves it to
+qemu.pre-memlock-guard (uninstall-hook puts it back).
+
+examples:
+  memlock-guard install-hook && systemctl restart libvirtd
+  memlock-guard install-hook --policy /etc/memlock-guard/gpu-hosts.xml
+  memlock-guard install-hook --as-main-script --hooks-dir /var/lib/openstack-helm/hooks
+
+exit status: 0 installed, 1 refused (a foreign hook is in the way), 2 bad input."""
+
+DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks"
+DROP_IN = os.path.join("qemu.d", "50-memlock-guard")
+MAIN_SCRIPT = "qemu"
+BACKUP_SUFFIX = ".pre-memlock-guard"
+# The template's first comment line; uninstall-hook removes only files that carry it.
+MARKER = "# memlock-guard-hook: managed by"
+MAX_SHEBANG = 255  # Linux BINPRM_BUF_SIZE (256) including the newline
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    from ..hook import FACTS_CACHE
+
+    p.add_argument("--hooks-dir", metavar="DIR", default=DEFAULT_HOOKS_DIR,
+                   help=f"libvirt's hook directory (default {DEFAULT_HOOKS_DIR})")
+    p.add_argument("--as-main-script", action="store_true",
+                   help="install as DIR/qemu instead of DIR/qemu.d/50-memlock-guard")
+    p.add_argument("--policy", metavar="PATH", default=None,
+                   help="policy file the hook reads (default /etc/memlock-guard/policy.xml, "
+                        "where a missing file means the built-in defaults; a named file "
+                        "that goes missing is an error, handled by on-error)")
+    p.add_argument("--force", action="store_true",
+                   help="move a foreign top-level qemu hook aside to qemu.pre-memlock-guard "
+                        "instead of stopping")
+    p.add_argument("--facts-cache", metavar="FILE", default=FACTS_CACHE,
+                   help=f"where to cache libvirt/QEMU versions and QEMU data directories "
+                        f"(default {FACTS_CACHE})")
+    p.add_argument("--python", metavar="PATH", default=sys.executable,
+                   help="interpreter the hook runs with (default: this one, %(default)s)")
+
+
+def is_ours(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return False
+    return MARKER.encode() in head
+
+
+def render(python: str, policy_path: str | None, facts_path: str | None) -> str:
+    """hooks/qemu with the interpreter, policy path and facts cache written in."""
+    from ..errors import InputError
+
+    template = _template()
+    shebang = f"#!{python} -IS"
+    if len(shebang) >= MAX_SHEBANG:
+        raise InputError(f"interpreter path {python!r} is too long for a #! line")
+    if any(c in python for c in "\n\r\t "):
+        raise InputError(f"interpreter path {python!r} contains whitespace, which a #! line "
+                         f"cannot carry")
+    lines = template.splitlines(keepends=True)
+    settings = {"POLICY: str | None = ": repr(policy_path),
+                "FACTS: str | None = ": repr(facts_path)}
+    found = {key: 0 for key in settings}
+    out = [shebang + "\n"]
+    assert lines[0].startswith("#!"), "hooks/qemu must start with a #! line"
+    for line in lines[1:]:
+        for key, value in settings.items():
+            if line.startswith(key):
+                line = f"{key}{value}\n"
+                found[key] += 1
+        out.append(line)
+    assert all(n == 1 for n in found.values()), f"hooks/qemu settings lines: {found}"
+    return "".join(out)
+
+
+def _template() -> str:
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "data" / "qemu-hook", here.parent.parent / "hooks" / "qemu"):
+        if candidate.is_file():
+            return candidate.read_text()
+    from ..errors import InputError
+
+    raise InputError("the hook template hooks/qemu is missing from this installation")
+
+
+def write_atomically(path: str, text: str, mode: int) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # the umask may have narrowed it
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def cache_host_facts(path: str) -> dict[str, object]:
+    """Probe what the hook cannot afford per start and write it where the hook reads it."""
+    import json
+
+    from .. import host
+
+    facts = host.collect(probe_qemu=True, probe_libvirt=True)
+    version = facts.libvirt_version or _daemon_version()
+    data: dict[str, object] = {
+        "libvirt_version": None if version is None else ".".join(map(str, version)),
+        "qemu_version": (None if facts.qemu_version is None
+                         else ".".join(map(str, facts.qemu_version))),
+        "qemu_data_dirs": list(facts.qemu_data_dirs),
+    }
+    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+    write_atomically(path, json.dumps(data, indent=2) + "\n", 0o644)
+    return data
+
+
+def _daemon_version() -> tuple[int, int, int] | None:
+    """libvirt's version from its daemons, when libvirt-python is not installed."""
+    import re
+    import shutil
+    import subprocess
+
+    for daemon in ("virtqemud", "libvirtd"):
+        exe = shutil.which(daemon, path="/usr/sbin:/usr/bin:/sbin:/bin")
+        if not exe:
+            continue
+        try:
+            out = subprocess.run([exe, "--version"], capture_output=True, text=True,
+                                 timeout=10, check=False).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        m = re.search(r"(\d+)\.(\d+)\.(\d+)", out)
+        if m:
+            return int(m.group(1)), int(m.group(2)), int(m.group(3))
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import policy as pol
+    from ..errors import InputError
+
+    python = args.python
+    if not os.path.isabs(python) or not os.access(python, os.X_OK):
+        raise InputError(f"--python {python!r} is not an absolute path to an executable")
+    policy_path = os.path.abspath(args.policy) if args.policy else None
+    notes: list[str] = []
+    shown_policy = policy_path or pol.DEFAULT_PATH
+    if os.path.exists(shown_policy):
+        p = pol.load(shown_policy)  # a broken policy stops the install, with its line
+        notes.append(f"policy {shown_policy}: mode {p.mode.value}, on-shortfall "
+                     f"{p.on_shortfall.value}, on-error {p.on_error.value}, audit log "
+                     f"{p.audit_log}")
+    elif policy_path:
+        notes.append(f"warning: policy {policy_path} does not exist yet; until it does, "
+                     f"every start takes the on-error path (allow)")
+    else:
+        notes.append(f"no policy at {pol.DEFAULT_PATH}: the built-in defaults apply (mode "
+                     f"auto, on-shortfall refuse, on-error allow)")
+
+    hooks_dir = os.path.abspath(args.hooks_dir)
+    target = os.path.join(hooks_dir, MAIN_SCRIPT if args.as_main_script else DROP_IN)
+    other = os.path.join(hooks_dir, DROP_IN if args.as_main_script else MAIN_SCRIPT)
+    if os.path.lexists(target) and not is_ours(target):
+        if not (args.force and args.as_main_script):
+            print(f"memlock-guard: {target} exists and was not installed by memlock-guard; "
+                  f"not replacing it. "
+                  + ("Move it into qemu.d/ (libvirt >= 6.5 runs both), or pass --force to "
+                     "move it aside." if args.as_main_script
+                     else "Remove or rename it first."), file=sys.stderr)
+            return 1
+        backup = target + BACKUP_SUFFIX
+        if os.path.lexists(backup):
+            raise InputError(f"{backup} already exists; resolve it by hand first")
+        os.rename(target, backup)
+        notes.append(f"moved the existing {target} to {backup} (uninstall-hook restores it)")
+
+    text = render(python, policy_path, args.facts_cache)
+    os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+    write_atomically(target, text, 0o755)
+    print(f"installed {target} (python {python})")
+    if os.path.lexists(other) and is_ours(other):
+        os.unlink(other)  # two copies would judge every start twice
+        print(f"removed the earlier {other}")
+
+    facts = cache_host_facts(args.facts_cache) if args.facts_cache else {}
+    if facts:
+        print(f"cached host facts in {args.facts_cache}: libvirt "
+              f"{facts.get('libvirt_version') or 'unknown'}, QEMU "
+              f"{facts.get('qemu_version') or 'unknown'}")
+    version = facts.get("libvirt_version")
+    if (not args.as_main_script and isinstance(version, str)
+            and tuple(int(x) for x in version.split(".")[:2]) < (6, 5)):
+        notes.append(f"warning: libvirt {version} does not run qemu.d/ scripts (6.5 and "
+                     f"later do); use --as-main-script")
+    for note in notes:
+        print(note)
+    print("libvirt looks for hooks only when it starts: restart libvirtd (or virtqemud) "
+          "now, e.g. 'systemctl restart libvirtd'.")
+    return 0
