@@ -3,10 +3,13 @@
 libvirt parses ``<memory unit='...'>N</memory>`` with virScaleInteger: the unit is
 case-insensitive, an absent unit means KiB, ``KB`` is 1000 while ``K``/``KiB`` is 1024,
 and the result is rounded *up* to whole KiB (virDomainParseMemory). Values above
-LLONG_MAX bytes are refused, as libvirt does on 64-bit hosts.
+LLONG_MAX bytes, or 2**53 KiB after rounding, are refused, as libvirt does on 64-bit
+hosts. Checked against libvirt 9.0 with ``virsh define`` (see parse_scaled).
 """
 
 from __future__ import annotations
+
+import re
 
 from .errors import InputError
 
@@ -15,16 +18,31 @@ MiB = 1024 * KiB
 GiB = 1024 * MiB
 TiB = 1024 * GiB
 
-# libvirt refuses anything larger on 64-bit hosts (virDomainParseMemory, "capped").
+# virScaleInteger's limit for memory sizes on 64-bit hosts (LLONG_MAX bytes) ...
 MAX_BYTES = (1 << 63) - 1
+# ... and what virDomainParseMemory then keeps: below 2**53 KiB after rounding up, the
+# same bound as VIR_DOMAIN_MEMORY_PARAM_UNLIMITED for <memtune> limits.
+MAX_MEMORY_BYTES = ((1 << 53) - 1) * 1024
+ULLONG_MAX = (1 << 64) - 1
+UINT_MAX = (1 << 32) - 1
+
+# strtoull in the C locale: optional leading isspace(), one optional sign, digits. The
+# sign may only be '+': virStrToLong_*p refuse a '-' (even "-0").
+_UNSIGNED = re.compile(r"[ \t\n\v\f\r]*\+?([0-9]+)")
 
 _POWERS = {"k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
 
 
 def unit_scale(unit: str | None, default: int = KiB) -> int:
-    """The multiplier libvirt uses for ``unit``; raises ValueError for junk."""
+    """The multiplier libvirt uses for ``unit`` (virScaleInteger); ValueError for junk.
+
+    Case-insensitive; ``b``/``byte``/``bytes`` = 1; ``k``/``KiB`` = 1024 and ``KB`` =
+    1000, likewise M, G, T, P, E. Nothing is stripped: libvirt refuses ``' KiB'``.
+    """
     if unit is None or unit == "":
         return default
+    if not unit.isascii():  # libvirt folds case in ASCII only: no Kelvin sign for 'k'
+        raise ValueError(f"unknown unit {unit!r}")
     u = unit.lower()
     if u in ("b", "byte", "bytes"):
         return 1
@@ -39,27 +57,43 @@ def unit_scale(unit: str | None, default: int = KiB) -> int:
     raise ValueError(f"unknown unit {unit!r}")
 
 
+def parse_unsigned(text: str, *, what: str, limit: int = ULLONG_MAX) -> int:
+    """A whole number as libvirt's virStrToLong_ullp/_uip read it (strtoull, base 10).
+
+    Leading C whitespace and one ``+`` are accepted; a ``-`` anywhere, trailing
+    characters (even a space), an empty string or a value above ``limit`` are errors.
+    """
+    m = _UNSIGNED.fullmatch(text)
+    if not m:
+        raise InputError(f"{what} has an invalid value {_shown(text)}: expected a whole number")
+    digits = m.group(1).lstrip("0") or "0"
+    # Checked before int(): Python refuses to convert more than 4,300 digits anyway.
+    if len(digits) > len(str(limit)) or int(digits) > limit:
+        raise InputError(f"{what} value {_clip(m.group(1))} is too large")
+    return int(digits)
+
+
 def parse_scaled(text: str | None, unit: str | None, *, what: str, default: int = KiB) -> int:
     """Bytes for a libvirt scaled integer, rounded up to whole KiB.
 
-    ``what`` names the element in error messages, e.g. ``<memory>``.
+    Exactly virParseScaledValue + virDomainParseMemory on a 64-bit host: the number
+    as virStrToLong_ullp reads it, scaled by virScaleInteger (at most LLONG_MAX bytes),
+    then rounded up to KiB and refused unless below 2**53 KiB. ``<memtune>`` limits
+    end at the same bound. ``what`` names the element in messages, e.g. ``<memory>``.
     """
-    if text is None or not text.strip():
+    if text is None or text == "":
         raise InputError(f"{what} has no value")
-    digits = text.strip()
-    # libvirt uses strtoull in base 10 and refuses a sign (virStrToLong_ullp).
-    if not digits.isascii() or not digits.isdigit():
-        raise InputError(f"{what} has an invalid value {_clip(text)!r}: expected a whole number")
+    value = parse_unsigned(text, what=what)
     try:
         scale = unit_scale(unit, default)
     except ValueError:
-        raise InputError(f"{what} has an unknown unit {_clip(unit or '')!r}") from None
-    if len(digits) > 40:
-        raise InputError(f"{what} value is too large")
-    value = int(digits) * scale
-    if value > MAX_BYTES:
-        raise InputError(f"{what} value {digits} {unit or 'KiB'} is too large")
-    return round_up(value, KiB)
+        raise InputError(f"{what} has an unknown unit {_shown(unit or '')}") from None
+    if value > MAX_BYTES // scale:
+        raise InputError(f"{what} value {value} {_clip(unit or 'KiB')} is too large")
+    rounded = round_up(value * scale, KiB)
+    if rounded > MAX_MEMORY_BYTES:
+        raise InputError(f"{what} value {value} {_clip(unit or 'KiB')} is too large")
+    return rounded
 
 
 def round_up(value: int, step: int) -> int:
@@ -89,6 +123,12 @@ def human(n: int | None) -> str:
 
 def _clip(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _shown(text: str) -> str:
+    """A value quoted for a message: clipped, one line, non-ASCII escaped so that a
+    look-alike (the Kelvin sign for K) does not read as the real thing."""
+    return ascii(_clip(text))
 
 
 def parse_size(text: str, *, what: str) -> int:

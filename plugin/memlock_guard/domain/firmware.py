@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .xmlmap import Element, attr, switch, text
+from .xmlmap import Element, attr, first_attr, switch, text
 
 _VERSIONED = re.compile(r"-(\d+)\.(\d+)(?:$|[.-])")
 
@@ -61,12 +61,13 @@ class Firmware:
         return "seabios"
 
     @classmethod
-    def from_xml(cls, os_el: Element | None) -> Firmware:
-        loader = os_el.find("loader") if os_el is not None else None
+    def from_domain(cls, root: Element) -> Firmware:
+        # libvirt reads ./os/loader[1], ./os/@firmware ... across repeated <os> blocks.
+        loader = root.find("os/loader")
         return cls(
-            autoselect=attr(os_el, "firmware"),
+            autoselect=first_attr(root, "os", "firmware"),
             loader_path=text(loader),
             loader_type=attr(loader, "type"),
             loader_readonly=switch(attr(loader, "readonly")),
-            direct_kernel=os_el is not None and os_el.find("kernel") is not None,
+            direct_kernel=root.find("os/kernel") is not None,
         )

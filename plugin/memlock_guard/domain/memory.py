@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import InputError
-from ..units import parse_scaled
-from .xmlmap import Element, attr, scaled
+from ..units import MAX_MEMORY_BYTES, parse_scaled
+from .xmlmap import Element, attr, first_attr, scaled
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,13 +35,12 @@ class Memtune:
     swap_hard_limit: int | None = None
 
     @classmethod
-    def from_xml(cls, el: Element | None) -> Memtune:
-        if el is None:
-            return cls()
+    def from_domain(cls, root: Element) -> Memtune:
+        # ./memtune/hard_limit[1]: the first in any <memtune> block, as libvirt reads it.
         return cls(
-            hard_limit=scaled(el.find("hard_limit"), what="<memtune><hard_limit>"),
-            soft_limit=scaled(el.find("soft_limit"), what="<memtune><soft_limit>"),
-            swap_hard_limit=scaled(el.find("swap_hard_limit"),
+            hard_limit=scaled(root.find("memtune/hard_limit"), what="<memtune><hard_limit>"),
+            soft_limit=scaled(root.find("memtune/soft_limit"), what="<memtune><soft_limit>"),
+            swap_hard_limit=scaled(root.find("memtune/swap_hard_limit"),
                                    what="<memtune><swap_hard_limit>"),
         )
 
@@ -53,12 +52,11 @@ class MemoryBacking:
     source_type: str | None = None  # anonymous | file | memfd
 
     @classmethod
-    def from_xml(cls, el: Element | None) -> MemoryBacking:
-        if el is None:
-            return cls()
-        return cls(locked=el.find("locked") is not None,
-                   hugepages=el.find("hugepages") is not None,
-                   source_type=attr(el, "type", "source"))
+    def from_domain(cls, root: Element) -> MemoryBacking:
+        # boolean(./memoryBacking/locked): in any <memoryBacking> block.
+        return cls(locked=root.find("memoryBacking/locked") is not None,
+                   hugepages=root.find("memoryBacking/hugepages") is not None,
+                   source_type=first_attr(root, "memoryBacking/source", "type"))
 
 
 def total_memory(root: Element, devices: tuple[MemoryDevice, ...]) -> int:
@@ -79,7 +77,7 @@ def total_memory(root: Element, devices: tuple[MemoryDevice, ...]) -> int:
             numa += parse_scaled(raw, cell.get("unit"), what=f"<numa><cell> #{i} memory=")
         if numa == 0:
             raise InputError("<numa> cells add up to zero memory")
-        return numa + hotplug
+        return _bounded(numa + hotplug)
     total = scaled(root.find("memory"), what="<memory>")
     if total is None:
         raise InputError("domain has no <memory> element and no <numa> cells")
@@ -87,4 +85,13 @@ def total_memory(root: Element, devices: tuple[MemoryDevice, ...]) -> int:
         raise InputError("<memory> is zero")
     if hotplug >= total:
         raise InputError("memory devices add up to more than <memory>, which is the total")
+    return total
+
+
+def _bounded(total: int) -> int:
+    # Each size is already below libvirt's 2**53 KiB; their sum must be too, or every
+    # later product (x containers, + margins) leaves the range libvirt can express.
+    if total > MAX_MEMORY_BYTES:
+        raise InputError("<numa> cells and memory devices add up to more memory than "
+                         "libvirt can express (2^53 KiB)")
     return total

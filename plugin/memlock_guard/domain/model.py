@@ -15,9 +15,15 @@ from .hostdev import Hostdev
 from .interface import Interface
 from .memory import MemoryBacking, MemoryDevice, Memtune, total_memory
 from .video import Video, videos_from_xml
-from .xmlmap import Element, attr, count, scaled, text
+from .xmlmap import Element, attr, count, first_attr, scaled, text
 
 POLICY_NS = "urn:memlock-guard:policy:1"
+
+# Work and output grow with the devices (a QXL card alone is five ledger items), so a
+# hostile XML within the parser's element budget could still cost seconds and hundreds
+# of MB. QEMU runs out of PCI slots long before this; libvirt's own tests stay in the
+# dozens.
+MAX_DEVICES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,49 +90,58 @@ def parse_domain(data: bytes) -> Domain:
 
 
 def domain_from_element(root: Element) -> Domain:
+    """Map a parsed ``<domain>``; every lookup follows libvirt's XPath (see xmlmap)."""
     if not isinstance(root.tag, str) or root.tag != "domain":
         tag = root.tag if isinstance(root.tag, str) else "?"
-        raise InputError(f"root element is <{tag[:40]}>, not <domain>")
-    devices = root.find("devices")
-    os_el = root.find("os")
-    memory_devices = tuple(MemoryDevice.from_xml(e) for e in _all(devices, "memory"))
+        raise InputError(f"root element is <{_clip(tag)}>, not <domain>")
+    n_devices = sum(1 for _ in root.iterfind("devices/*"))
+    if n_devices > MAX_DEVICES:
+        raise InputError(f"domain lists {n_devices} devices, more than the {MAX_DEVICES} "
+                         "memlock-guard accepts")
+    memory_devices = tuple(MemoryDevice.from_xml(e) for e in _devices(root, "memory"))
     vcpus = count(root.find("vcpu"), "", what="<vcpu>")
+    if vcpus == 0:
+        raise InputError("<vcpu> is zero")  # libvirt refuses it too
     return Domain(
         name=text(root, "name") or "(unnamed)",
         uuid=text(root, "uuid"),
         type=attr(root, "type") or "kvm",
-        arch=attr(os_el, "arch", "type") or "x86_64",
-        machine=Machine(attr(os_el, "machine", "type")),
+        arch=first_attr(root, "os/type", "arch") or "x86_64",
+        machine=Machine(first_attr(root, "os/type", "machine")),
         memory=total_memory(root, memory_devices),
         max_memory=scaled(root.find("maxMemory"), what="<maxMemory>"),
-        vcpus=vcpus if vcpus else 1,
+        vcpus=vcpus or 1,
         iothreads=count(root.find("iothreads"), "", what="<iothreads>") or 0,
         memory_devices=memory_devices,
-        memtune=Memtune.from_xml(root.find("memtune")),
-        memory_backing=MemoryBacking.from_xml(root.find("memoryBacking")),
-        iommu=_iommu(devices),
-        hostdevs=tuple(Hostdev.from_xml(e) for e in _all(devices, "hostdev")),
-        interfaces=tuple(Interface.from_xml(e) for e in _all(devices, "interface")),
-        disks=tuple(Disk.from_xml(e) for e in _all(devices, "disk")),
-        videos=videos_from_xml(devices),
-        firmware=Firmware.from_xml(os_el),
-        controllers=tuple(Controller.from_xml(e) for e in _all(devices, "controller")),
-        graphics=tuple(e.get("type") or "?" for e in _all(devices, "graphics")),
-        has_tpm=bool(_all(devices, "tpm")),
+        memtune=Memtune.from_domain(root),
+        memory_backing=MemoryBacking.from_domain(root),
+        iommu=_iommu(root),
+        hostdevs=tuple(Hostdev.from_xml(e) for e in _devices(root, "hostdev")),
+        interfaces=tuple(Interface.from_xml(e) for e in _devices(root, "interface")),
+        disks=tuple(Disk.from_xml(e) for e in _devices(root, "disk")),
+        videos=videos_from_xml(_devices(root, "video")),
+        firmware=Firmware.from_domain(root),
+        controllers=tuple(Controller.from_xml(e) for e in _devices(root, "controller")),
+        graphics=tuple(e.get("type") or "?" for e in _devices(root, "graphics")),
+        has_tpm=bool(_devices(root, "tpm")),
         launch_security=attr(root, "type", "launchSecurity"),
         metadata=_our_metadata(root.find("metadata")),
     )
 
 
-def _all(devices: Element | None, tag: str) -> list[Element]:
-    return [] if devices is None else devices.findall(tag)
+def _devices(root: Element, tag: str) -> list[Element]:
+    """Every ``<devices><tag>``, in every ``<devices>`` block, as libvirt gathers them."""
+    return root.findall(f"devices/{tag}")
 
 
-def _iommu(devices: Element | None) -> str | None:
-    if devices is None:
-        return None
-    el = devices.find("iommu")
+def _iommu(root: Element) -> str | None:
+    el = root.find("devices/iommu")
     return None if el is None else (el.get("model") or "intel")
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    text = "".join(c if c.isprintable() else "?" for c in text[: limit + 1])
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _our_metadata(md: Element | None) -> tuple[tuple[str, bytes], ...]:

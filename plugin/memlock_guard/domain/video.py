@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .xmlmap import Element, address_type, attr, kib_attr, switch
+from .xmlmap import Element, address_type, attr, count, kib_attr, switch
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,14 +28,13 @@ class Video:
     def from_xml(cls, el: Element, *, primary: bool) -> Video:
         model = el.find("model")
         what = "<video><model>"
-        heads = attr(model, "heads")
         return cls(
             model=attr(model, "type"),
             vram=kib_attr(model, "vram", what=what),
             ram=kib_attr(model, "ram", what=what),
             vgamem=kib_attr(model, "vgamem", what=what),
             vram64=kib_attr(model, "vram64", what=what),
-            heads=int(heads) if heads and heads.isdigit() and len(heads) < 6 else None,
+            heads=count(model, "heads", what=f"{what} heads="),
             primary=primary,
             accel3d=switch(attr(model, "accel3d", "acceleration")) is True,
             alias=attr(el, "name", "alias"),
@@ -43,10 +42,8 @@ class Video:
         )
 
 
-def videos_from_xml(devices: Element | None) -> tuple[Video, ...]:
-    if devices is None:
-        return ()
-    els = devices.findall("video")
+def videos_from_xml(els: list[Element]) -> tuple[Video, ...]:
+    """The ``<video>`` elements of every ``<devices>`` block, in document order."""
     # libvirt makes the one marked primary='yes' the primary, else the first.
     marked = [i for i, e in enumerate(els) if switch(attr(e, "primary", "model")) is True]
     primary_index = marked[0] if marked else 0
