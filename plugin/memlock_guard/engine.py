@@ -7,7 +7,8 @@ reason recorded, when it raises or returns anything but well-formed exposures.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pluggy
@@ -15,7 +16,8 @@ import pluggy
 from . import plugins
 from .domain import Domain
 from .host import HostFacts
-from .ledger import Exposure, Ledger, LedgerItem
+from .ledger import Backing, Exposure, Kind, Ledger, LedgerItem, Window
+from .units import MAX_BYTES
 
 _DEFAULT_PM: pluggy.PluginManager | None = None
 
@@ -30,64 +32,141 @@ def default_manager() -> pluggy.PluginManager:
 def build_ledger(domain: Domain, host: HostFacts,
                  pm: pluggy.PluginManager | None = None) -> Ledger:
     pm = pm or default_manager()
-    excluded: list[str] = []
-    reasons: list[str] = []
-    for name, result in _call_each(pm, "memlock_guard_container_reasons", domain, host,
-                                   excluded):
-        got = list(result or ())
-        if not all(isinstance(r, str) for r in got):
-            _exclude(name, "container reasons must be strings", excluded)
-            continue
-        reasons += got
-    exposures: list[Exposure] = []
-    for name, result in _call_each(pm, "memlock_guard_exposures", domain, host, excluded):
-        got = list(result or ())
-        bad = _invalid(got)
-        if bad and plugins.is_builtin(name):
-            raise AssertionError(f"built-in estimator {name}: {bad}")
+    excluded: dict[str, str] = {}  # plugin name -> why; the first reason is kept
+    reasons: list[tuple[str, str]] = []
+    for name, got in _call_each(pm, "memlock_guard_container_reasons", domain, host,
+                                excluded):
+        bad = _invalid_reasons(got)
         if bad:
-            _exclude(name, bad, excluded)
+            _reject(name, bad, excluded)
             continue
-        exposures += got
-    n = len(reasons)
+        reasons += [(name, r) for r in got]
+    exposures: list[tuple[str, Exposure]] = []
+    for name, got in _call_each(pm, "memlock_guard_exposures", domain, host, excluded):
+        bad = _invalid(got)
+        if bad:
+            _reject(name, bad, excluded)
+            continue
+        exposures += [(name, e) for e in got]
+    # An excluded plugin contributes nothing, not even what it returned before it
+    # misbehaved: its containers without its exposures would be half a story.
+    kept_reasons = tuple(r for name, r in reasons if name not in excluded)
+    n = len(kept_reasons)
     items = tuple(
         LedgerItem(e.source, e.bytes, e.backing, e.readonly, e.kind, e.window, e.region,
                    n if e.containers is None else min(e.containers, n), e.note)
-        for e in exposures)
-    return Ledger(items, n, tuple(reasons), tuple(excluded))
+        for name, e in exposures if name not in excluded)
+    return Ledger(items, n, kept_reasons,
+                  tuple(f"{name}: {why}" for name, why in excluded.items()))
+
+
+# A real estimator returns a handful of items; more than this is a runaway generator,
+# which must not eat the memory of a process that runs inside libvirtd's start path.
+MAX_ITEMS = 10_000
+MAX_SOURCE_CHARS = 200
+MAX_NOTE_CHARS = 500
 
 
 def _call_each(pm: pluggy.PluginManager, hook_name: str, domain: Domain, host: HostFacts,
-               excluded: list[str]) -> Iterable[tuple[str, Any]]:
-    skip = {e.split(":", 2)[1] for e in excluded if e.startswith("third-party:")}
+               excluded: dict[str, str]) -> Iterator[tuple[str, list[Any]]]:
     # Registration order, so the ledger reads RAM, firmware, video, ROMs, then plugins.
     for impl in getattr(pm.hook, hook_name).get_hookimpls():
         name = impl.plugin_name
         if plugins.is_builtin(name):
-            yield name, impl.function(domain=domain, host=host)
+            yield name, list(impl.function(domain=domain, host=host) or ())
             continue
-        if name.split(":", 1)[-1] in skip:
+        if name in excluded:
+            continue
+        if impl.hookwrapper or getattr(impl, "wrapper", False):
+            excluded[name] = "hook wrappers are not supported"
             continue
         try:
-            result = impl.function(domain=domain, host=host)
-            if result is not None and not isinstance(result, (list, tuple)):
-                result = list(result)  # run generators here, inside the guard
-        except Exception as e:
-            _exclude(name, f"raised {type(e).__name__}: {str(e)[:200]}", excluded)
+            got = _collect(impl.function(domain=domain, host=host))
+        # SystemExit too: a plugin calling sys.exit() must not end the hook with its
+        # own exit status (0 would let the VM start with nothing decided).
+        except (Exception, SystemExit) as e:
+            excluded[name] = f"raised {type(e).__name__}: {_describe(e)}"
             continue
-        yield name, result
+        if isinstance(got, str):
+            excluded[name] = got
+            continue
+        yield name, got
 
 
-def _exclude(name: str, why: str, excluded: list[str]) -> None:
-    excluded.append(f"{name}: {why}")
+def _collect(result: Any) -> list[Any] | str:
+    """The items a plugin returned, run here inside the guard; a str says what is wrong."""
+    if result is None:
+        return []
+    if isinstance(result, (str, bytes, bytearray, Mapping)):
+        return f"returned a {type(result).__name__}, not a list"
+    if isinstance(result, (list, tuple)):
+        got = list(result)
+    else:
+        got = list(itertools.islice(iter(result), MAX_ITEMS + 1))
+    if len(got) > MAX_ITEMS:
+        return f"returned more than {MAX_ITEMS} items"
+    return got
+
+
+def _reject(name: str, why: str, excluded: dict[str, str]) -> None:
+    if plugins.is_builtin(name):
+        raise AssertionError(f"built-in estimator {name}: {why}")  # our bug: surface it
+    excluded.setdefault(name, why)
+
+
+def _invalid_reasons(got: list[Any]) -> str | None:
+    for r in got:
+        if type(r) is not str:
+            return f"returned a container reason of type {type(r).__name__}, not str"
+        if len(r) > MAX_SOURCE_CHARS or not r.isprintable():
+            return "returned a container reason that is not one short printable line"
+    return None
 
 
 def _invalid(got: list[Any]) -> str | None:
+    # Exact types, not isinstance: a subclass could compute a field anew on every read
+    # and so pass this check with one value and be charged with another.
     for e in got:
-        if not isinstance(e, Exposure):
+        if type(e) is not Exposure:
             return f"returned {type(e).__name__}, not Exposure"
-        if not isinstance(e.bytes, int) or isinstance(e.bytes, bool) or e.bytes < 0:
-            return f"returned nonsense bytes {e.bytes!r} for {e.source!r}"
-        if e.containers is not None and (not isinstance(e.containers, int) or e.containers < 0):
-            return f"returned nonsense containers {e.containers!r}"
+        if type(e.source) is not str or not e.source or len(e.source) > MAX_SOURCE_CHARS \
+                or not e.source.isprintable():
+            return "returned an exposure whose source is not one short printable line"
+        if type(e.bytes) is not int or not 0 <= e.bytes <= MAX_BYTES:
+            return f"returned nonsense bytes {_short(e.bytes)} for {_short(e.source)}"
+        if e.containers is not None and (type(e.containers) is not int or e.containers < 0):
+            return f"returned nonsense containers {_short(e.containers)}"
+        if type(e.backing) is not Backing or type(e.kind) is not Kind \
+                or type(e.readonly) is not bool:
+            return f"returned an exposure with an invalid backing, kind or readonly flag " \
+                   f"for {_short(e.source)}"
+        if e.window is not None and type(e.window) is not Window:
+            return f"returned an invalid window {_short(e.window)}"
+        if e.region is not None and (type(e.region) is not str
+                                     or len(e.region) > MAX_SOURCE_CHARS):
+            return f"returned an invalid region {_short(e.region)}"
+        if e.note is not None and (type(e.note) is not str or len(e.note) > MAX_NOTE_CHARS):
+            return f"returned an invalid note for {_short(e.source)}"
     return None
+
+
+def _describe(e: BaseException) -> str:
+    # str() runs the plugin's own __str__, which may raise too.
+    try:
+        text = str(e)
+    except Exception:
+        text = "(unprintable)"
+    return _one_line(text, 200)
+
+
+def _short(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return _one_line(text, 60)
+
+
+def _one_line(text: str, limit: int) -> str:
+    text = "".join(c if c.isprintable() else " " for c in text[: limit + 1])
+    return text if len(text) <= limit else text[:limit] + "…"
