@@ -102,12 +102,15 @@ def domain_from_element(root: Element) -> Domain:
     vcpus = count(root.find("vcpu"), "", what="<vcpu>")
     if vcpus == 0:
         raise InputError("<vcpu> is zero")  # libvirt refuses it too
+    arch = first_attr(root, "os/type", "arch") or "x86_64"
+    machine = first_attr(root, "os/type", "machine")
+    graphics = tuple(e.get("type") or "?" for e in _devices(root, "graphics"))
     return Domain(
         name=text(root, "name") or "(unnamed)",
         uuid=text(root, "uuid"),
         type=attr(root, "type") or "kvm",
-        arch=first_attr(root, "os/type", "arch") or "x86_64",
-        machine=Machine(first_attr(root, "os/type", "machine")),
+        arch=arch,
+        machine=Machine(machine),
         memory=total_memory(root, memory_devices),
         max_memory=scaled(root.find("maxMemory"), what="<maxMemory>"),
         vcpus=vcpus or 1,
@@ -119,10 +122,11 @@ def domain_from_element(root: Element) -> Domain:
         hostdevs=tuple(Hostdev.from_xml(e) for e in _devices(root, "hostdev")),
         interfaces=tuple(Interface.from_xml(e) for e in _devices(root, "interface")),
         disks=tuple(Disk.from_xml(e) for e in _devices(root, "disk")),
-        videos=videos_from_xml(_devices(root, "video")),
+        videos=videos_from_xml(_devices(root, "video"), arch=arch, machine=machine,
+                               graphics=bool(graphics)),
         firmware=Firmware.from_domain(root),
         controllers=tuple(Controller.from_xml(e) for e in _devices(root, "controller")),
-        graphics=tuple(e.get("type") or "?" for e in _devices(root, "graphics")),
+        graphics=graphics,
         has_tpm=bool(_devices(root, "tpm")),
         launch_security=attr(root, "type", "launchSecurity"),
         metadata=_our_metadata(root.find("metadata")),
