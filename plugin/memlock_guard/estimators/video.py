@@ -94,15 +94,18 @@ def _ram_bars(v: Video, label: str) -> list[Exposure]:
 
 
 def _vga_vram(vram: int) -> int:
-    mb = min(max(vram // MiB, 1), 512)
+    # libvirt first rounds vram up to a power of two KiB (virDomainVideoDefPostParse),
+    # then passes vgamem_mb = vram / 1024: vram='9000' is 16 MiB, not 8.
+    mb = min(max(pow2ceil(vram) // MiB, 1), 512)
     return pow2ceil(mb) * MiB
 
 
 def _qxl(v: Video, bar: Callable[..., Exposure]) -> list[Exposure]:
     vgamem = min(max((v.vgamem or QXL_DEFAULT_VGAMEM) // MiB, 8), 256) * MiB
     ram = max(v.ram or QXL_DEFAULT_RAM, 2 * vgamem)
-    # qxl-vga's BAR0 is the VGA RAM too, so vga_common_init's 512 MiB clamp applies.
-    ram = _vga_vram(pow2ceil(ram))
+    # qxl-vga's BAR0 is the VGA RAM too, so vga_common_init's 512 MiB clamp applies;
+    # a secondary qxl allocates "qxl.vgavram" at the full size (qxl_realize_secondary).
+    ram = _vga_vram(ram) if v.primary else pow2ceil(ram)
     vram32 = pow2ceil(max(v.vram or DEFAULT_VRAM["qxl"], 4096))
     vram64 = pow2ceil(max(v.vram64 or 0, vram32))
     name = "qxl-vga" if v.primary else "qxl"
