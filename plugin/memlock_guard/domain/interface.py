@@ -33,9 +33,15 @@ class Interface:
     def from_xml(cls, el: Element) -> Interface:
         return cls(
             type=attr(el, "type"),
-            model=attr(el, "type", "model"),
+            model=_model(attr(el, "type", "model")),
             mac=attr(el, "address", "mac"),
             alias=attr(el, "name", "alias"),
             address_type=address_type(el),
             rom=Rom.from_xml(el),
         )
+
+
+def _model(value: str | None) -> str | None:
+    # libvirt matches NIC models case-insensitively (virDomainNetSetModelString uses
+    # STRCASEEQ): model type='ViRtIo' is virtio-net, with efi-virtio.rom.
+    return value.lower() if value else None

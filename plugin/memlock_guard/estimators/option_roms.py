@@ -54,10 +54,17 @@ def memlock_guard_exposures(domain: Domain, host: HostFacts) -> Iterable[Exposur
 
 
 def _default_model(domain: Domain, nic: Interface) -> str:
-    """libvirt's qemuDomainDefaultNetModel: virtio on ARM/RISC-V virt, else rtl8139."""
+    """libvirt's qemuDomainDefaultNetModel: virtio on s390, RISC-V, LoongArch and ARM
+    virt; smc91c111 on ARM versatilepb and lan9118 on the other ARM boards (neither
+    has an option ROM); else rtl8139."""
     if nic.is_vdpa or nic.type == "vhostuser":
         return "virtio"  # these backends only exist for virtio-net
-    if domain.arch in ("aarch64", "armv7l", "riscv64", "loongarch64"):
+    if domain.arch in ("armv6l", "armv7l", "armv7b", "aarch64"):
+        machine = domain.machine.name or ""
+        if machine == "virt" or machine.startswith("virt-"):
+            return "virtio"
+        return "smc91c111" if machine == "versatilepb" else "lan9118"
+    if domain.arch in ("riscv32", "riscv64", "loongarch64", "s390", "s390x"):
         return "virtio"
     return "rtl8139"
 
