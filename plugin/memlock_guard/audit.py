@@ -26,9 +26,11 @@ it on stderr and returns False.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import stat
 import sys
 import time
 from collections.abc import Mapping
@@ -97,8 +99,14 @@ def append(path: str, record: Mapping[str, Any]) -> None:
     parent = os.path.dirname(path)
     if parent and not os.path.isdir(parent):
         os.makedirs(parent, mode=0o750, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    # O_NONBLOCK: a FIFO with no reader (a symlink to one, a mistyped path) would block
+    # open() for ever, after the hook's deadline has been disarmed, and libvirtd with it.
+    # It has no effect on regular files, the only kind we then accept.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK
+                 | getattr(os, "O_NOCTTY", 0), 0o640)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
         # O_APPEND alone keeps writes from overwriting each other; the lock also keeps a
         # short write's remainder (full disk, signals) from landing after another line.
         _lock(fd)
