@@ -51,8 +51,11 @@ def acts_on(op: str, subop: str) -> bool:
     return (op, subop) in ACTING
 
 
-class DeadlineExceeded(Exception):
-    pass
+class DeadlineExceeded(BaseException):
+    """Raised by SIGALRM in whatever step is running. A BaseException, like
+    KeyboardInterrupt, so that no ``except Exception`` on the way (the engine's guard
+    around third-party plugins, a plugin's own retry loop) can swallow it and keep
+    the step going until the watchdog has to kill the process."""
 
 
 @dataclass(frozen=True, slots=True)
