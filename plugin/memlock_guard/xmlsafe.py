@@ -20,6 +20,7 @@ Limits, and why each is where it is:
 from __future__ import annotations
 
 import re
+import time
 from typing import IO
 
 from lxml import etree
@@ -38,11 +39,23 @@ _FOREIGN_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
 
 
 def read_limited(stream: IO[bytes], *, what: str, max_bytes: int = MAX_XML_BYTES) -> bytes:
-    """Read at most ``max_bytes``; more is an error, so a huge input costs no memory."""
-    data = stream.read(max_bytes + 1)
-    if len(data) > max_bytes:
+    """Read to the end, at most ``max_bytes``; more is an error, so a huge input costs
+    no memory. Loops: one read() on a raw pipe returns what has arrived so far, and a
+    document cut there would be judged as if it were whole."""
+    chunks: list[bytes] = []
+    total = 0
+    while total <= max_bytes:
+        chunk = stream.read(max_bytes + 1 - total)
+        if chunk is None:  # a non-blocking stream with nothing yet
+            time.sleep(0.005)
+            continue
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    if total > max_bytes:
         raise InputError(f"{what} is larger than {_mib(max_bytes)}")
-    return data
+    return b"".join(chunks)
 
 
 def read_file(path: str, *, what: str, max_bytes: int = MAX_XML_BYTES) -> bytes:
