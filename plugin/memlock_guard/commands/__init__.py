@@ -6,6 +6,10 @@ run(), so ``memlock-guard --help`` stays quick and never needs libvirt-python.
 
 VERBS = (
     "estimate",
+    "explain",
+    "check",
+    "apply",
+    "watch",
     "install_hook",
     "uninstall_hook",
 )

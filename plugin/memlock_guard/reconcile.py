@@ -1,0 +1,149 @@
+"""Judge a defined domain and raise its persistent hard_limit, without losing updates.
+
+Shared by ``memlock-guard apply`` and the ``watch`` reconciler. The pure part (what to
+change, and the new XML) is apply.py; this module adds the libvirt round trip:
+
+1. read the persistent definition (secrets included) and note its digest;
+2. judge it (policy file + the domain's own <metadata> override + command-line
+   options) and compute the new XML;
+3. right before redefining, read the definition again. If its digest changed (someone
+   ran ``virsh define``/``edit`` meanwhile), go back to 2 with the new text, so their
+   edit is the base of ours and survives;
+4. defineXML.
+
+libvirt has no compare-and-swap for definitions, so a define landing between 3 and 4
+(microseconds) could still be overwritten; the reconciler then sees that define's own
+DEFINED event and judges it again, and an ``apply`` run can simply be repeated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import apply as applymod
+from . import libvirt_client as lc
+from . import policy as policymod
+from .domain import Domain, parse_domain
+from .errors import MemlockGuardError
+from .host import HostFacts
+from .report import Report, Settings, assess
+
+MAX_ATTEMPTS = 5  # re-judgements when the definition keeps changing under us
+
+
+@dataclass(frozen=True, slots=True)
+class Judge:
+    """How a domain is judged: host policy, this host's facts, command-line overrides.
+
+    ``overrides`` are the Settings fields given explicitly on the command line
+    (e.g. --mode); they win over the policy file and the domain's own override.
+    """
+
+    policy: policymod.Policy
+    host: HostFacts
+    overrides: tuple[tuple[str, Any], ...] = ()
+    # Whether to stat files a domain names (loaders, <rom file>); off when host facts
+    # come from a file that says probe_host: false.
+    probe_files: bool = True
+    pm: Any = field(default=None, compare=False)
+
+    def settings_for(self, domain: Domain) -> tuple[Settings, policymod.Policy]:
+        p = policymod.for_domain(self.policy, domain)
+        s = policymod.to_settings(p)
+        return dataclasses.replace(s, **dict(self.overrides)), p
+
+    def host_for(self, domain: Domain) -> HostFacts:
+        if not self.probe_files:
+            return self.host
+        from .commands.common import domain_files
+
+        known = dict(self.host.rom_files)
+        extra = {}
+        for path in domain_files(domain):
+            if path not in known:
+                try:
+                    extra[path] = os.stat(path).st_size
+                except OSError:
+                    continue
+        if not extra:
+            return self.host
+        return dataclasses.replace(self.host, rom_files=tuple(sorted({**known, **extra}.items())))
+
+    def __call__(self, xml_text: str) -> tuple[Report, policymod.Policy]:
+        domain = parse_domain(xml_text.encode())
+        settings, p = self.settings_for(domain)
+        return assess(domain, self.host_for(domain), settings, self.pm), p
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one domain."""
+
+    name: str
+    uuid: str | None
+    result: applymod.Result | None  # None when not judged (transient domain)
+    report: Report | None
+    policy: policymod.Policy | None
+    written: bool  # defineXML was called
+    attempts: int  # judgements made (more than 1: the definition changed under us)
+    skipped: str | None = None  # why nothing was judged
+
+    @property
+    def action(self) -> str:
+        if self.result is None:
+            return "skip"
+        return self.result.plan.action.value
+
+
+def reconcile(conn: Any, dom: Any, judge: Judge, *, dry_run: bool = False,
+              before_commit: Callable[[int], None] | None = None) -> Outcome:
+    """Raise ``dom``'s persistent hard_limit where it is short (see module docstring).
+
+    ``before_commit(attempt)`` runs between judging and the final re-read; tests use it
+    to race a ``virsh define`` against us deterministically.
+    """
+    name = dom.name()
+    uuid = dom.UUIDString()
+    if not lc.is_persistent(dom):
+        return Outcome(name, uuid, None, None, None, False, 0,
+                       skipped="transient: no persistent definition to raise")
+    xml = lc.persistent_xml(dom)
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        report, p = judge(xml)
+        result = applymod.apply_to_xml(xml, report, name=name)
+        if not result.changed or dry_run:
+            return Outcome(name, uuid, result, report, p, False, attempt)
+        if before_commit is not None:
+            before_commit(attempt)
+        now = lc.persistent_xml(dom)
+        if applymod.xml_digest(now) != applymod.xml_digest(xml):
+            xml = now  # edited while we judged: their edit becomes our base
+            continue
+        lc.define(conn, result.new_xml)
+        return Outcome(name, uuid, result, report, p, True, attempt)
+    raise MemlockGuardError(f"{name}: the definition changed {MAX_ATTEMPTS} times while it "
+                            f"was being judged; not redefined (run apply again)")
+
+
+def audit_record(outcome: Outcome, *, op: str, trigger: str | None = None) -> dict[str, Any]:
+    """The audit-log line for a raise (action ``apply``), as the hook writes its own."""
+    from . import audit
+
+    assert outcome.report is not None and outcome.result is not None
+    plan = outcome.result.plan
+    extra: dict[str, Any] = {
+        "hard_limit_from": plan.current_hard_limit,
+        "hard_limit_to": plan.new_hard_limit,
+        "ledger_digest": plan.ledger_digest,
+        "reason": plan.reason,
+        "attempts": outcome.attempts,
+    }
+    if trigger:
+        extra["trigger"] = trigger
+    return audit.from_report(op, outcome.report, action="apply",
+                             policy=outcome.policy.origin if outcome.policy else None,
+                             **extra)

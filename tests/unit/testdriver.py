@@ -1,0 +1,119 @@
+"""libvirt's test:///default driver for API-level tests: a real libvirt, in this process.
+
+All connections to test:///default in one process share one in-memory driver while any of
+them is open, so a test holds one connection (``Driver.conn``) for its whole life and
+whatever it defines is visible to the code under test through its own connections.
+Domains defined through the helper are undefined afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..conftest import PINNED_HOST
+
+URI = "test:///default"
+
+# Short under libvirt 9.0's rules on the pinned host: 4 GiB, one VFIO device and one NVMe
+# disk give two containers (8 GiB pinned), while libvirt < 9.3 grants 1 x memory + 1 GiB.
+SHORT_DOMAIN = """\
+<domain type='test'>
+  <name>{name}</name>
+  <description>{description}</description>
+  <memory unit='GiB'>4</memory>
+  <vcpu>2</vcpu>
+  <os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>
+  <features><acpi/></features>
+  <devices>
+    <disk type='nvme' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source type='pci' managed='yes' namespace='1'>
+        <address domain='0x0000' bus='0x02' slot='0x00' function='0x0'/>
+      </source>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <hostdev mode='subsystem' type='pci' managed='yes'>
+      <source><address domain='0x0000' bus='0x04' slot='0x00' function='0x0'/></source>
+    </hostdev>
+    <graphics type='vnc' passwd='s3cret'/>
+  </devices>
+</domain>
+"""
+
+FITTING_DOMAIN = """\
+<domain type='test'>
+  <name>{name}</name>
+  <memory unit='GiB'>1</memory>
+  <os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>
+  <devices/>
+</domain>
+"""
+
+
+def short_xml(name: str, description: str = "original") -> str:
+    return SHORT_DOMAIN.format(name=name, description=description)
+
+
+@dataclass
+class Driver:
+    conn: Any
+    tmp: Path
+    defined: list[str] = field(default_factory=list)
+
+    def define(self, xml: str) -> Any:
+        dom = self.conn.defineXML(xml)
+        self.defined.append(dom.name())
+        return dom
+
+    def edit(self, name: str, old: str, new: str) -> None:
+        """What ``virsh edit`` does: dump the definition, change it, define it again."""
+        xml = self.xml(name)
+        assert old in xml, f"{old!r} not in {name}'s definition"
+        self.conn.defineXML(xml.replace(old, new, 1))
+
+    def xml(self, name: str) -> str:
+        return str(self.conn.lookupByName(name).XMLDesc(1 | 2))
+
+    @property
+    def host_facts(self) -> Path:
+        p = self.tmp / "host.json"
+        p.write_text(json.dumps(PINNED_HOST))
+        return p
+
+    @property
+    def audit_log(self) -> Path:
+        return self.tmp / "audit.jsonl"
+
+    @property
+    def policy(self) -> Path:
+        p = self.tmp / "policy.xml"
+        if not p.exists():
+            p.write_text('<policy xmlns="urn:memlock-guard:policy:1">'
+                         f"<audit-log>{self.audit_log}</audit-log></policy>")
+        return p
+
+    def cleanup(self) -> None:
+        import contextlib
+
+        for name in self.defined:
+            with contextlib.suppress(Exception):
+                dom = self.conn.lookupByName(name)
+                if dom.isActive():
+                    dom.destroy()
+            with contextlib.suppress(Exception):
+                self.conn.lookupByName(name).undefine()
+        self.conn.close()
+
+
+def open_test_driver(tmp: Path) -> Driver:
+    import libvirt  # type: ignore[import-untyped]
+    from memlock_guard import watch
+
+    # Before the first connection: the test driver binds its event delivery to the
+    # event loop registered when it is created.
+    watch.start_event_loop()
+    libvirt.registerErrorHandler(lambda _c, _e: None, None)
+    return Driver(libvirt.open(URI), tmp)
