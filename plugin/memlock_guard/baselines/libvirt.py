@@ -58,14 +58,29 @@ def memory_total(domain: Domain, *, at_start: bool) -> int:
 
 
 def pseries_phbs(domain: Domain) -> int:
-    """PHBs libvirt will have: the listed ones (the default one when none is listed),
-    plus one that address assignment adds for each PCI hostdev still without an address."""
-    listed = sum(1 for c in domain.controllers
-                 if c.type == "pci" and c.model == "pci-root"
-                 and c.target_model in (None, "spapr-pci-host-bridge"))
+    """PHBs a pSeries domain has once libvirt has assigned addresses.
+
+    Every PCI bus of a pSeries guest is a PHB (a pci-root controller): the default one
+    (index 0) even when none is listed, the listed ones, and every bus number up to the
+    highest that a controller index or a device address names (libvirt fills the gaps).
+    On top, one for each PCI hostdev or ``<interface type='hostdev'>`` still without a
+    guest address: libvirt isolates each IOMMU group on a PHB of its own. We cannot see
+    IOMMU groups here, so each such device counts as its own group (functions of one
+    multi-function device may in fact share one). Not modelled: the extra PHB libvirt
+    adds when more than 31 devices fill a bus.
+    """
+    pci = [c for c in domain.controllers if c.type == "pci"]
+    phb_like = [c for c in pci if c.model in (None, "pci-root")
+                and c.target_model in (None, "spapr-pci-host-bridge")]
+    other = {c.index for c in pci if c.index is not None and c not in phb_like}
+    top = max([c.index for c in pci if c.index is not None] + list(domain.pci_buses),
+              default=0)
+    buses = sum(1 for i in range(top + 1) if i not in other)
+    listed = max(len(phb_like), buses)
     pending = sum(1 for h in domain.hostdevs
                   if h.is_vfio and h.type == "pci" and not h.has_guest_address)
-    return max(listed, 1) + pending
+    pending += sum(1 for i in domain.interfaces if i.is_vfio and i.address_type is None)
+    return listed + pending
 
 
 def libvirt_limit(domain: Domain, version: tuple[int, int, int] | None = None, *,
@@ -129,8 +144,10 @@ def _ppc64(domain: Domain, v: tuple[int, int, int], at_start: bool,
     if nvlink2:
         passthrough = max_memory + 128 * (1 << 30) // 512 * n_phb + 8192
         why += " + NVLink2 term"
-    elif (any(h.is_vfio for h in domain.hostdevs) or domain.nvme_disks
+    elif (domain.vfio_devices or domain.nvme_disks
           or any(i.is_vdpa for i in domain.interfaces)):
+        # qemuDomainNeedsVFIO (PCI/mdev hostdevs, <interface type='hostdev'> included,
+        # and NVMe disks) or a vDPA NIC.
         passthrough = max(2 * 1024 * 1024 * n_phb, memory + memory // 512 * n_phb + 8192)
         why += " + passthrough term"
     return LibvirtLimit(v, (base + passthrough) * KiB, "ppc64", why)

@@ -8,7 +8,7 @@ from lxml import etree
 
 from .. import xmlsafe
 from ..errors import InputError
-from .controller import Controller
+from .controller import Controller, pci_number
 from .disk import Disk
 from .firmware import Firmware, Machine
 from .hostdev import Hostdev
@@ -52,6 +52,9 @@ class Domain:
     launch_security: str | None  # sev | sev-snp | s390-pv | tdx ...
     # Our own <metadata> children, serialised, keyed by local name (policy, applied).
     metadata: tuple[tuple[str, bytes], ...] = field(default=())
+    # PCI bus numbers named by device guest addresses (<address type='pci' bus=...>):
+    # on pSeries every bus is a PHB, and libvirt adds the missing ones.
+    pci_buses: tuple[int, ...] = field(default=())
 
     @property
     def is_x86(self) -> bool:
@@ -130,7 +133,14 @@ def domain_from_element(root: Element) -> Domain:
         has_tpm=bool(_devices(root, "tpm")),
         launch_security=attr(root, "type", "launchSecurity"),
         metadata=_our_metadata(root.find("metadata")),
+        pci_buses=_pci_buses(root),
     )
+
+
+def _pci_buses(root: Element) -> tuple[int, ...]:
+    buses = {pci_number(a.get("bus")) for a in root.iterfind("devices/*/address")
+             if a.get("type") == "pci"}
+    return tuple(sorted(b for b in buses if b is not None))
 
 
 def _devices(root: Element, tag: str) -> list[Element]:
