@@ -313,6 +313,15 @@ CASES: tuple[Case, ...] = (
     Case("memory-device-without-size", _value(domain(
         "<memory model='dimm'><target><node>0</node></target></memory>"), "dimm"),
         message="has no <target><size>"),
+    Case("10000-qxl-cards", _value(domain(
+        "<video><model type='qxl' ram='65536' vram='65536' vgamem='16384'/></video>" * 9_999
+        + "<iommu model='intel'/>"), "qxl"), exit=0, message="hostile"),
+    Case("10001-devices", _value(domain("<controller type='usb'/>" * 10_001), "devices"),
+         message="more than the 10000"),
+    Case("99k-elements-accepted", _value(domain().replace(
+        "<vcpu>2</vcpu>", "<vcpu>2</vcpu><cputune>"
+        + "<vcpupin vcpu='1' cpuset='1'/>" * 99_900 + "</cputune>"), "cputune"),
+        exit=0, message="hostile"),
     Case("1000-hostdevs", _value(domain(hostdevs(1000)), "hostdevs"), exit=0,
          message="VFIO: one container shared by 1000 device(s)"),
     Case("1000-hostdevs-viommu", _value(domain(hostdevs(1000) + "<iommu model='intel'/>"),
