@@ -36,14 +36,14 @@ def build_ledger(domain: Domain, host: HostFacts,
     reasons: list[tuple[str, str]] = []
     for name, got in _call_each(pm, "memlock_guard_container_reasons", domain, host,
                                 excluded):
-        bad = _invalid_reasons(got)
+        bad = _invalid_reasons(got, third_party=not plugins.is_builtin(name))
         if bad:
             _reject(name, bad, excluded)
             continue
         reasons += [(name, r) for r in got]
     exposures: list[tuple[str, Exposure]] = []
     for name, got in _call_each(pm, "memlock_guard_exposures", domain, host, excluded):
-        bad = _invalid(got)
+        bad = _invalid(got, third_party=not plugins.is_builtin(name))
         if bad:
             _reject(name, bad, excluded)
             continue
@@ -114,23 +114,27 @@ def _reject(name: str, why: str, excluded: dict[str, str]) -> None:
     excluded.setdefault(name, why)
 
 
-def _invalid_reasons(got: list[Any]) -> str | None:
+# Built-ins name devices by what the domain XML calls them (an alias, a MAC), so their
+# text may be long or odd; the short-printable-line rule is for third-party plugins.
+
+def _invalid_reasons(got: list[Any], *, third_party: bool) -> str | None:
     for r in got:
         if type(r) is not str:
             return f"returned a container reason of type {type(r).__name__}, not str"
-        if len(r) > MAX_SOURCE_CHARS or not r.isprintable():
+        if third_party and (len(r) > MAX_SOURCE_CHARS or not r.isprintable()):
             return "returned a container reason that is not one short printable line"
     return None
 
 
-def _invalid(got: list[Any]) -> str | None:
+def _invalid(got: list[Any], *, third_party: bool) -> str | None:
     # Exact types, not isinstance: a subclass could compute a field anew on every read
     # and so pass this check with one value and be charged with another.
     for e in got:
         if type(e) is not Exposure:
             return f"returned {type(e).__name__}, not Exposure"
-        if type(e.source) is not str or not e.source or len(e.source) > MAX_SOURCE_CHARS \
-                or not e.source.isprintable():
+        if type(e.source) is not str or not e.source:
+            return "returned an exposure without a source"
+        if third_party and (len(e.source) > MAX_SOURCE_CHARS or not e.source.isprintable()):
             return "returned an exposure whose source is not one short printable line"
         if type(e.bytes) is not int or not 0 <= e.bytes <= MAX_BYTES:
             return f"returned nonsense bytes {_short(e.bytes)} for {_short(e.source)}"
@@ -143,9 +147,10 @@ def _invalid(got: list[Any]) -> str | None:
         if e.window is not None and type(e.window) is not Window:
             return f"returned an invalid window {_short(e.window)}"
         if e.region is not None and (type(e.region) is not str
-                                     or len(e.region) > MAX_SOURCE_CHARS):
+                                     or (third_party and len(e.region) > MAX_SOURCE_CHARS)):
             return f"returned an invalid region {_short(e.region)}"
-        if e.note is not None and (type(e.note) is not str or len(e.note) > MAX_NOTE_CHARS):
+        if e.note is not None and (type(e.note) is not str
+                                   or (third_party and len(e.note) > MAX_NOTE_CHARS)):
             return f"returned an invalid note for {_short(e.source)}"
     return None
 
