@@ -33,12 +33,14 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Mapping
-from typing import IO, TYPE_CHECKING, Any
 
 from . import __version__
 
+TYPE_CHECKING = False  # the hook's cached path writes here and cannot afford typing
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import IO, Any
+
     from .report import Report
 
 # A line longer than this is cut down (long strings first) so a runaway error message
@@ -48,16 +50,20 @@ _MAX_STR = 1000
 LOCK_WAIT = 2.0  # seconds
 
 
+def now() -> str:
+    """UTC, ISO 8601, milliseconds: 2025-01-31T12:00:00.123Z."""
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
 def entry(*, op: str, domain: str | None, uuid: str | None, action: str,
           verdict: str | None = None, mode: str | None = None, required: int | None = None,
           limit: int | None = None, limit_source: str | None = None,
           recommended_hard_limit: int | None = None, policy: str | None = None,
           error: str | None = None, **extra: Any) -> dict[str, Any]:
     """One audit record; ``extra`` keys are added after the standard ones."""
-    now = time.time()
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
     rec: dict[str, Any] = {
-        "time": stamp, "op": op, "domain": domain, "uuid": uuid, "mode": mode,
+        "time": now(), "op": op, "domain": domain, "uuid": uuid, "mode": mode,
         "required": required, "limit": limit, "limit_source": limit_source,
         "verdict": verdict, "action": action,
         "recommended_hard_limit": recommended_hard_limit,

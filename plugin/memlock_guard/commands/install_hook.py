@@ -21,7 +21,9 @@ From then on libvirt calls it for every domain operation:
 
 It also caches what is slow to learn on every start (libvirt and QEMU versions, QEMU's
 data directories) in /var/lib/memlock-guard/host-facts.json. Run install-hook again
-after upgrading libvirt or QEMU; it replaces its own files and nothing else.
+after upgrading libvirt or QEMU; it replaces its own files and nothing else. The hook
+replays a decision from /var/lib/memlock-guard/decisions/ when the domain XML, the
+policy, the host facts and memlock-guard itself are all unchanged.
 
 libvirt looks for hooks only when the daemon starts, so restart libvirtd (or virtqemud
 on modular deployments) afterwards.
@@ -48,7 +50,7 @@ MAX_SHEBANG = 255  # Linux BINPRM_BUF_SIZE (256) including the newline
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from ..hook import FACTS_CACHE
+    from ..hook import DECISION_CACHE, FACTS_CACHE
 
     p.add_argument("--hooks-dir", metavar="DIR", default=DEFAULT_HOOKS_DIR,
                    help=f"libvirt's hook directory (default {DEFAULT_HOOKS_DIR})")
@@ -64,6 +66,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--facts-cache", metavar="FILE", default=FACTS_CACHE,
                    help=f"where to cache libvirt/QEMU versions and QEMU data directories "
                         f"(default {FACTS_CACHE})")
+    p.add_argument("--decision-cache", metavar="DIR", default=DECISION_CACHE,
+                   help="where the hook keeps decisions to replay while the domain XML, "
+                        "policy and host facts are unchanged, or 'none' to decide from "
+                        "scratch every time (default %(default)s)")
     p.add_argument("--python", metavar="PATH", default=sys.executable,
                    help="interpreter the hook runs with (default: this one, %(default)s)")
 
@@ -77,8 +83,9 @@ def is_ours(path: str) -> bool:
     return MARKER.encode() in head
 
 
-def render(python: str, policy_path: str | None, facts_path: str | None) -> str:
-    """hooks/qemu with the interpreter, policy path and facts cache written in."""
+def render(python: str, policy_path: str | None, facts_path: str | None,
+           cache_dir: str | None) -> str:
+    """hooks/qemu with the interpreter, policy path, facts cache and decision cache."""
     from ..errors import InputError
 
     template = _template()
@@ -90,7 +97,8 @@ def render(python: str, policy_path: str | None, facts_path: str | None) -> str:
                          f"cannot carry")
     lines = template.splitlines(keepends=True)
     settings = {"POLICY: str | None = ": repr(policy_path),
-                "FACTS: str | None = ": repr(facts_path)}
+                "FACTS: str | None = ": repr(facts_path),
+                "CACHE: str | None = ": repr(cache_dir)}
     found = {key: 0 for key in settings}
     out = [shebang + "\n"]
     assert lines[0].startswith("#!"), "hooks/qemu must start with a #! line"
@@ -211,7 +219,9 @@ def run(args: argparse.Namespace) -> int:
         os.rename(target, backup)
         notes.append(f"moved the existing {target} to {backup} (uninstall-hook restores it)")
 
-    text = render(python, policy_path, args.facts_cache)
+    cache_dir = None if args.decision_cache in ("", "none") else \
+        os.path.abspath(args.decision_cache)
+    text = render(python, policy_path, args.facts_cache, cache_dir)
     os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
     write_atomically(target, text, 0o755)
     print(f"installed {target} (python {python})")
@@ -219,6 +229,10 @@ def run(args: argparse.Namespace) -> int:
         os.unlink(other)  # two copies would judge every start twice
         print(f"removed the earlier {other}")
 
+    if cache_dir:
+        from ..decision_cache import clear
+
+        clear(cache_dir)  # answers of an earlier engine or policy must not be replayed
     facts = cache_host_facts(args.facts_cache) if args.facts_cache else {}
     if facts:
         print(f"cached host facts in {args.facts_cache}: libvirt "

@@ -10,7 +10,7 @@ DESCRIPTION = """\
 Removes DIR/qemu.d/50-memlock-guard and DIR/qemu when, and only when, they carry
 install-hook's marker line; a hook that memlock-guard did not write is left alone. A
 top-level qemu script that 'install-hook --as-main-script --force' moved aside
-(qemu.pre-memlock-guard) is put back. The host facts cache goes too. The policy file
+(qemu.pre-memlock-guard) is put back. The host facts and decision caches go too. The policy file
 and the audit log stay: they are the operator's.
 
 libvirt keeps running the hooks it found at start-up until it restarts, so restart
@@ -24,13 +24,15 @@ exit status: 0 (also when there was nothing to remove)."""
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from ..hook import FACTS_CACHE
+    from ..hook import DECISION_CACHE, FACTS_CACHE
     from .install_hook import DEFAULT_HOOKS_DIR
 
     p.add_argument("--hooks-dir", metavar="DIR", default=DEFAULT_HOOKS_DIR,
                    help=f"libvirt's hook directory (default {DEFAULT_HOOKS_DIR})")
     p.add_argument("--facts-cache", metavar="FILE", default=FACTS_CACHE,
                    help=f"the host facts cache to remove (default {FACTS_CACHE})")
+    p.add_argument("--decision-cache", metavar="DIR", default=DECISION_CACHE,
+                   help=f"the decision cache to empty and remove (default {DECISION_CACHE})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,6 +57,15 @@ def run(args: argparse.Namespace) -> int:
     if args.facts_cache and os.path.exists(args.facts_cache):
         os.unlink(args.facts_cache)
         print(f"removed {args.facts_cache}")
+    if args.decision_cache and os.path.isdir(args.decision_cache):
+        from ..decision_cache import clear
+
+        clear(args.decision_cache)
+        try:
+            os.rmdir(args.decision_cache)
+            print(f"removed {args.decision_cache}")
+        except OSError:
+            print(f"emptied {args.decision_cache} (it holds files memlock-guard did not write)")
     if removed:
         print("libvirt keeps the hooks it found at start-up: restart libvirtd (or "
               "virtqemud) now, e.g. 'systemctl restart libvirtd'.")
