@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .xmlmap import Element, attr
+from .xmlmap import Element, attr, first_in
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +23,8 @@ class Controller:
     @classmethod
     def from_xml(cls, el: Element) -> Controller:
         return cls(type=attr(el, "type"), model=attr(el, "model"),
-                   target_model=attr(el, "name", "model"), index=pci_number(el.get("index")))
+                   target_model=attr(first_in([el], "model"), "name"),
+                   index=pci_number(el.get("index")))
 
 
 def pci_number(raw: str | None) -> int | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .xmlmap import Element, attr
+from .xmlmap import Element, attr, first_in
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +27,7 @@ class Disk:
         return cls(
             type=attr(el, "type"),
             device=attr(el, "device"),
-            target=attr(el, "dev", "target"),
+            target=attr(first_in([el], "target"), "dev"),
             nvme_in_chain=_chain_has_nvme(el),
         )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .xmlmap import Element, attr, first_attr, switch, text
+from .xmlmap import Element, attr, attr_of, first_in, group, switch, text
 
 _VERSIONED = re.compile(r"-(\d+)\.(\d+)(?:$|[.-])")
 
@@ -62,12 +62,16 @@ class Firmware:
 
     @classmethod
     def from_domain(cls, root: Element) -> Firmware:
+        return cls.from_blocks(group(root).get("os"))
+
+    @classmethod
+    def from_blocks(cls, os_blocks: list[Element] | None) -> Firmware:
         # libvirt reads ./os/loader[1], ./os/@firmware ... across repeated <os> blocks.
-        loader = root.find("os/loader")
+        loader = first_in(os_blocks, "loader")
         return cls(
-            autoselect=first_attr(root, "os", "firmware"),
+            autoselect=attr_of(os_blocks, "firmware"),
             loader_path=text(loader),
             loader_type=attr(loader, "type"),
             loader_readonly=switch(attr(loader, "readonly")),
-            direct_kernel=root.find("os/kernel") is not None,
+            direct_kernel=first_in(os_blocks, "kernel") is not None,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .rom import Rom
-from .xmlmap import Element, attr
+from .xmlmap import Element, attr, first_in, group, one
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,19 +29,19 @@ class Hostdev:
 
     @classmethod
     def from_xml(cls, el: Element) -> Hostdev:
+        kids = group(el)
         return cls(
             mode=attr(el, "mode") or "subsystem",
             type=attr(el, "type"),
-            driver=attr(el, "name", "driver"),
-            source=_source_label(el),
-            alias=attr(el, "name", "alias"),
-            rom=Rom.from_xml(el),
-            has_guest_address=el.find("address") is not None,
+            driver=attr(one(kids, "driver"), "name"),
+            source=_source_label(el, first_in(kids.get("source"), "address")),
+            alias=attr(one(kids, "alias"), "name"),
+            rom=Rom.from_kids(kids),
+            has_guest_address="address" in kids,
         )
 
 
-def _source_label(el: Element) -> str:
-    addr = el.find("source/address")
+def _source_label(el: Element, addr: Element | None) -> str:
     if addr is not None and addr.get("bus") is not None:
         parts = [addr.get(k, "0") for k in ("domain", "bus", "slot", "function")]
         try:
@@ -49,5 +49,5 @@ def _source_label(el: Element) -> str:
             return f"{d:04x}:{b:02x}:{s:02x}.{f:x}"
         except ValueError:
             return ":".join(parts)
-    uuid = attr(el, "uuid", "source/address")
+    uuid = attr(addr, "uuid")
     return uuid or attr(el, "type") or "hostdev"

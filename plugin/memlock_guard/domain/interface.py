@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .rom import Rom
-from .xmlmap import Element, address_type, attr
+from .xmlmap import Element, attr, group, one
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,13 +31,14 @@ class Interface:
 
     @classmethod
     def from_xml(cls, el: Element) -> Interface:
+        kids = group(el)
         return cls(
             type=attr(el, "type"),
-            model=_model(attr(el, "type", "model")),
-            mac=attr(el, "address", "mac"),
-            alias=attr(el, "name", "alias"),
-            address_type=address_type(el),
-            rom=Rom.from_xml(el),
+            model=_model(attr(one(kids, "model"), "type")),
+            mac=attr(one(kids, "mac"), "address"),
+            alias=attr(one(kids, "alias"), "name"),
+            address_type=attr(one(kids, "address"), "type"),
+            rom=Rom.from_kids(kids),
         )
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..errors import InputError
 from ..units import MAX_MEMORY_BYTES, parse_scaled
-from .xmlmap import Element, attr, first_attr, scaled
+from .xmlmap import Element, Kids, attr, first, first_attr_in, first_in, group, one, scaled
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +22,7 @@ class MemoryDevice:
     @classmethod
     def from_xml(cls, el: Element) -> MemoryDevice:
         model = attr(el, "model") or "dimm"
-        size = scaled(el.find("target/size"), what=f"<memory model='{model}'> <target><size>")
+        size = scaled(first(el, "target/size"), what=f"<memory model='{model}'> <target><size>")
         if size is None:
             raise InputError(f"<memory model='{model}'> has no <target><size>")
         return cls(model=model, size=size, alias=attr(el, "name", "alias"))
@@ -36,11 +36,17 @@ class Memtune:
 
     @classmethod
     def from_domain(cls, root: Element) -> Memtune:
+        return cls.from_blocks(group(root).get("memtune"))
+
+    @classmethod
+    def from_blocks(cls, blocks: list[Element] | None) -> Memtune:
         # ./memtune/hard_limit[1]: the first in any <memtune> block, as libvirt reads it.
+        if not blocks:
+            return NO_MEMTUNE
         return cls(
-            hard_limit=scaled(root.find("memtune/hard_limit"), what="<memtune><hard_limit>"),
-            soft_limit=scaled(root.find("memtune/soft_limit"), what="<memtune><soft_limit>"),
-            swap_hard_limit=scaled(root.find("memtune/swap_hard_limit"),
+            hard_limit=scaled(first_in(blocks, "hard_limit"), what="<memtune><hard_limit>"),
+            soft_limit=scaled(first_in(blocks, "soft_limit"), what="<memtune><soft_limit>"),
+            swap_hard_limit=scaled(first_in(blocks, "swap_hard_limit"),
                                    what="<memtune><swap_hard_limit>"),
         )
 
@@ -53,21 +59,35 @@ class MemoryBacking:
 
     @classmethod
     def from_domain(cls, root: Element) -> MemoryBacking:
+        return cls.from_blocks(group(root).get("memoryBacking"))
+
+    @classmethod
+    def from_blocks(cls, blocks: list[Element] | None) -> MemoryBacking:
         # boolean(./memoryBacking/locked): in any <memoryBacking> block.
-        return cls(locked=root.find("memoryBacking/locked") is not None,
-                   hugepages=root.find("memoryBacking/hugepages") is not None,
-                   source_type=first_attr(root, "memoryBacking/source", "type"))
+        if not blocks:
+            return NO_MEMORY_BACKING
+        return cls(locked=first_in(blocks, "locked") is not None,
+                   hugepages=first_in(blocks, "hugepages") is not None,
+                   source_type=first_attr_in(blocks, "source", "type"))
 
 
-def total_memory(root: Element, devices: tuple[MemoryDevice, ...]) -> int:
+# Shared defaults: frozen, and most domains have neither block.
+NO_MEMTUNE = Memtune()
+NO_MEMORY_BACKING = MemoryBacking()
+
+
+def total_memory(root: Element, devices: tuple[MemoryDevice, ...],
+                 top: Kids | None = None) -> int:
     """libvirt's virDomainDefGetMemoryTotal after post-parse.
 
     With NUMA cells, libvirt recomputes the total as the cells plus the memory devices
     and ignores ``<memory>``; otherwise ``<memory>`` is the total and already includes
     the devices (virDomainDefPostParseMemory).
     """
+    top = group(root) if top is None else top
     hotplug = sum(d.size for d in devices)
-    cells = root.findall("cpu/numa/cell")
+    cells = [cell for cpu in top.get("cpu") or () for numa in cpu if numa.tag == "numa"
+             for cell in numa if cell.tag == "cell"]
     if cells:
         numa = 0
         for i, cell in enumerate(cells):
@@ -78,7 +98,7 @@ def total_memory(root: Element, devices: tuple[MemoryDevice, ...]) -> int:
         if numa == 0:
             raise InputError("<numa> cells add up to zero memory")
         return _bounded(numa + hotplug)
-    total = scaled(root.find("memory"), what="<memory>")
+    total = scaled(one(top, "memory"), what="<memory>")
     if total is None:
         raise InputError("domain has no <memory> element and no <numa> cells")
     if total == 0:

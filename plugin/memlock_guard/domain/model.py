@@ -15,7 +15,17 @@ from .hostdev import Hostdev
 from .interface import Interface
 from .memory import MemoryBacking, MemoryDevice, Memtune, total_memory
 from .video import Video, videos_from_xml
-from .xmlmap import Element, attr, count, first_attr, scaled, text
+from .xmlmap import (
+    Element,
+    attr,
+    count,
+    every,
+    first_attr_in,
+    group,
+    one,
+    scaled,
+    text,
+)
 
 POLICY_NS = "urn:memlock-guard:policy:1"
 
@@ -97,60 +107,78 @@ def domain_from_element(root: Element) -> Domain:
     if not isinstance(root.tag, str) or root.tag != "domain":
         tag = root.tag if isinstance(root.tag, str) else "?"
         raise InputError(f"root element is <{_clip(tag)}>, not <domain>")
-    n_devices = sum(1 for _ in root.iterfind("devices/*"))
+    # One pass over every <devices> block: ./devices/TAG for each tag we map, in
+    # document order across blocks, and the count of ./devices/*.
+    top = group(root)  # every child of <domain> by name, in document order
+    devices: dict[str, list[Element]] = {}
+    n_devices = 0
+    for block in top.get("devices") or ():
+        for el in block:
+            t = el.tag
+            if isinstance(t, str):
+                n_devices += 1
+                if t in _MAPPED:
+                    devices.setdefault(t, []).append(el)
     if n_devices > MAX_DEVICES:
         raise InputError(f"domain lists {n_devices} devices, more than the {MAX_DEVICES} "
                          "memlock-guard accepts")
-    memory_devices = tuple(MemoryDevice.from_xml(e) for e in _devices(root, "memory"))
-    vcpus = count(root.find("vcpu"), "", what="<vcpu>")
+
+    def dev(tag: str) -> list[Element]:
+        return devices.get(tag, [])
+
+    memory_devices = tuple(MemoryDevice.from_xml(e) for e in dev("memory"))
+    vcpus = count(one(top, "vcpu"), "", what="<vcpu>")
     if vcpus == 0:
         raise InputError("<vcpu> is zero")  # libvirt refuses it too
-    arch = first_attr(root, "os/type", "arch") or "x86_64"
-    machine = first_attr(root, "os/type", "machine")
-    graphics = tuple(e.get("type") or "?" for e in _devices(root, "graphics"))
+    os_blocks = top.get("os")
+    arch = first_attr_in(os_blocks, "type", "arch") or "x86_64"
+    machine = first_attr_in(os_blocks, "type", "machine")
+    graphics = tuple(e.get("type") or "?" for e in dev("graphics"))
+    iommu = dev("iommu")
     return Domain(
-        name=text(root, "name") or "(unnamed)",
-        uuid=text(root, "uuid"),
+        name=text(one(top, "name")) or "(unnamed)",
+        uuid=text(one(top, "uuid")),
         type=attr(root, "type") or "kvm",
         arch=arch,
         machine=Machine(machine),
-        memory=total_memory(root, memory_devices),
-        max_memory=scaled(root.find("maxMemory"), what="<maxMemory>"),
+        memory=total_memory(root, memory_devices, top),
+        max_memory=scaled(one(top, "maxMemory"), what="<maxMemory>"),
         vcpus=vcpus or 1,
-        iothreads=count(root.find("iothreads"), "", what="<iothreads>") or 0,
+        iothreads=count(one(top, "iothreads"), "", what="<iothreads>") or 0,
         memory_devices=memory_devices,
-        memtune=Memtune.from_domain(root),
-        memory_backing=MemoryBacking.from_domain(root),
-        iommu=_iommu(root),
-        hostdevs=tuple(Hostdev.from_xml(e) for e in _devices(root, "hostdev")),
-        interfaces=tuple(Interface.from_xml(e) for e in _devices(root, "interface")),
-        disks=tuple(Disk.from_xml(e) for e in _devices(root, "disk")),
-        videos=videos_from_xml(_devices(root, "video"), arch=arch, machine=machine,
+        memtune=Memtune.from_blocks(top.get("memtune")),
+        memory_backing=MemoryBacking.from_blocks(top.get("memoryBacking")),
+        iommu=(iommu[0].get("model") or "intel") if iommu else None,
+        hostdevs=tuple(Hostdev.from_xml(e) for e in dev("hostdev")),
+        interfaces=tuple(Interface.from_xml(e) for e in dev("interface")),
+        disks=tuple(Disk.from_xml(e) for e in dev("disk")),
+        videos=videos_from_xml(dev("video"), arch=arch, machine=machine,
                                graphics=bool(graphics)),
-        firmware=Firmware.from_domain(root),
-        controllers=tuple(Controller.from_xml(e) for e in _devices(root, "controller")),
+        firmware=Firmware.from_blocks(os_blocks),
+        controllers=tuple(Controller.from_xml(e) for e in dev("controller")),
         graphics=graphics,
-        has_tpm=bool(_devices(root, "tpm")),
-        launch_security=attr(root, "type", "launchSecurity"),
-        metadata=_our_metadata(root.find("metadata")),
-        pci_buses=_pci_buses(root),
+        has_tpm=bool(dev("tpm")),
+        launch_security=attr(one(top, "launchSecurity"), "type"),
+        metadata=_our_metadata(one(top, "metadata")),
+        # Only libvirt's pSeries formula needs them (every bus there is a PHB).
+        pci_buses=_pci_buses(root) if arch.startswith("ppc64") else (),
     )
 
 
+# The device elements the model reads (each gathered across <devices> blocks).
+_MAPPED = frozenset(("memory", "hostdev", "interface", "disk", "video", "controller",
+                     "graphics", "tpm", "iommu"))
+
+
 def _pci_buses(root: Element) -> tuple[int, ...]:
-    buses = {pci_number(a.get("bus")) for a in root.iterfind("devices/*/address")
+    buses = {pci_number(a.get("bus")) for a in every(root, "devices/*/address")
              if a.get("type") == "pci"}
     return tuple(sorted(b for b in buses if b is not None))
 
 
 def _devices(root: Element, tag: str) -> list[Element]:
     """Every ``<devices><tag>``, in every ``<devices>`` block, as libvirt gathers them."""
-    return root.findall(f"devices/{tag}")
-
-
-def _iommu(root: Element) -> str | None:
-    el = root.find("devices/iommu")
-    return None if el is None else (el.get("model") or "intel")
+    return every(root, f"devices/{tag}")
 
 
 def _clip(text: str, limit: int = 40) -> str:

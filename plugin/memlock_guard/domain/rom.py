@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .xmlmap import Element, attr, switch
+from .xmlmap import Element, Kids, attr, group, one, switch
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,8 +20,15 @@ class Rom:
 
     @classmethod
     def from_xml(cls, parent: Element) -> Rom:
-        el = parent.find("rom")
+        return cls.from_kids(group(parent))
+
+    @classmethod
+    def from_kids(cls, kids: Kids) -> Rom:
+        el = one(kids, "rom")
         if el is None:
-            return cls()
+            return NO_ROM
         return cls(bar=switch(attr(el, "bar")), file=attr(el, "file") or None,
                    enabled=switch(attr(el, "enabled")))
+
+
+NO_ROM = Rom()  # shared: frozen, and most devices have no <rom>

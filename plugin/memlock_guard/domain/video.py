@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .xmlmap import Element, address_type, attr, count, kib_attr, switch
+from .xmlmap import Element, attr, count, first_in, group, kib_attr, one, switch
 
 _VIRTIO_DEFAULT_ARCHES = ("armv6l", "armv7l", "armv7b", "aarch64", "riscv32", "riscv64",
                           "loongarch64")
@@ -40,7 +40,8 @@ class Video:
 
     @classmethod
     def from_xml(cls, el: Element, *, primary: bool, default: str = "cirrus") -> Video:
-        model = el.find("model")
+        kids = group(el)
+        model = one(kids, "model")
         what = "<video><model>"
         return cls(
             model=_model_type(attr(model, "type"), default),
@@ -51,8 +52,8 @@ class Video:
             heads=count(model, "heads", what=f"{what} heads="),
             primary=primary,
             accel3d=switch(attr(model, "accel3d", "acceleration")) is True,
-            alias=attr(el, "name", "alias"),
-            address_type=address_type(el),
+            alias=attr(one(kids, "alias"), "name"),
+            address_type=attr(one(kids, "address"), "type"),
         )
 
 
@@ -69,7 +70,8 @@ def videos_from_xml(els: list[Element], *, arch: str = "x86_64", machine: str | 
         return (Video(model=default, vram=None, ram=None, vgamem=None, vram64=None, heads=None,
                       primary=True, accel3d=False, alias=None, address_type=None),)
     # libvirt makes the one marked primary='yes' the primary, else the first.
-    marked = [i for i, e in enumerate(els) if switch(attr(e, "primary", "model")) is True]
+    marked = [i for i, e in enumerate(els)
+              if switch(attr(first_in([e], "model"), "primary")) is True]
     primary_index = marked[0] if marked else 0
     return tuple(Video.from_xml(e, primary=(i == primary_index), default=default)
                  for i, e in enumerate(els))
