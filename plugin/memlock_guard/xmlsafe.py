@@ -20,6 +20,7 @@ Limits, and why each is where it is:
 from __future__ import annotations
 
 import re
+import threading
 import time
 from typing import IO
 
@@ -83,10 +84,12 @@ def parse(data: bytes, *, what: str, max_bytes: int = MAX_XML_BYTES,
     if _DOCTYPE.search(data):
         raise InputError(f"{what} carries a DOCTYPE or ENTITY declaration, which is refused")
     # Every element has a start tag, and every start tag is a '<' that is not '</'
-    # (comments, CDATA and processing instructions only make this over-count).
-    tags = data.count(b"<") - data.count(b"</")
-    if tags > max_elements:
-        raise InputError(f"{what} has more than {max_elements} elements")
+    # (comments, CDATA and processing instructions only make this over-count). There
+    # are no more '<' than bytes, so a document of at most max_elements bytes passes.
+    if len(data) > max_elements:
+        tags = data.count(b"<") - data.count(b"</")
+        if tags > max_elements:
+            raise InputError(f"{what} has more than {max_elements} elements")
     try:
         root = etree.fromstring(data, parser=_parser())
     except etree.XMLSyntaxError as e:
@@ -104,19 +107,26 @@ def parse(data: bytes, *, what: str, max_bytes: int = MAX_XML_BYTES,
 
 
 def _parser() -> etree.XMLParser:
-    # A new parser per document: lxml parsers must not be shared between threads, and
-    # a caller may parse on a worker thread (e.g. under a deadline).
-    return etree.XMLParser(
-        encoding="utf-8",  # overrides the declaration: see the module docstring
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        dtd_validation=False,
-        huge_tree=False,  # keeps libxml2's depth (256) and text-size (10 MB) limits
-        remove_comments=True,
-        remove_pis=True,
-        collect_ids=False,
-    )
+    # One parser per thread: lxml parsers must not be shared between threads (a caller
+    # may parse on a worker thread, e.g. under a deadline), and making one per document
+    # costs as much as the checks above together.
+    parser: etree.XMLParser | None = getattr(_LOCAL, "parser", None)
+    if parser is None:
+        parser = _LOCAL.parser = etree.XMLParser(
+            encoding="utf-8",  # overrides the declaration: see the module docstring
+            resolve_entities=False,
+            no_network=True,
+            load_dtd=False,
+            dtd_validation=False,
+            huge_tree=False,  # keeps libxml2's depth (256) and text-size (10 MB) limits
+            remove_comments=True,
+            remove_pis=True,
+            collect_ids=False,
+        )
+    return parser
+
+
+_LOCAL = threading.local()
 
 
 # libxml2 errors that quote a tag, attribute, entity or prefix name from the document:

@@ -97,3 +97,25 @@ def test_unknown_elements_and_attributes_are_ignored():
 def test_a_root_other_than_domain_is_refused():
     with pytest.raises(InputError, match="not <domain>"):
         parse_domain(b"<network><name>default</name></network>")
+
+
+def test_a_failed_parse_leaves_the_parser_usable():
+    for bad in (b"<domain>", b"<!DOCTYPE x><domain/>", b"\xff\xfe<\x00"):
+        with pytest.raises(InputError):
+            xmlsafe.parse(bad, what="domain XML")
+        assert parse_domain(domain_xml(name="after")).name == "after"
+
+
+def test_parsing_on_many_threads_at_once():
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(i: int) -> str:
+        for _ in range(50):
+            if i % 3 == 0:
+                with pytest.raises(InputError):
+                    xmlsafe.parse(b"<domain><x></domain>", what="domain XML")
+            name = parse_domain(domain_xml(name=f"vm{i}")).name
+        return name
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(work, range(16))) == [f"vm{i}" for i in range(16)]
