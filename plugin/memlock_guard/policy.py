@@ -305,7 +305,8 @@ def _text(el: etree._Element, what: str, choices: tuple[str, ...]) -> str:
 def _size(el: etree._Element, what: str) -> int:
     if len(el):
         raise InputError(f"{_where(what, el)} takes a number, not child elements")
-    return parse_scaled(el.text, el.get("unit"), what=_where(what, el))
+    # Surrounding whitespace is fine in a policy, as in the grammar's xsd:unsignedLong.
+    return parse_scaled((el.text or "").strip(), el.get("unit"), what=_where(what, el))
 
 
 def _interpret(root: etree._Element, what: str, *, host: bool) -> dict[str, Any]:
