@@ -77,6 +77,15 @@ class HostFacts:
     nvlink2_bridges: tuple[str, ...] = ()
     # Where each fact came from: host | default | override.
     provenance: tuple[tuple[str, str], ...] = field(default=())
+    # Derived lookups, built once: estimators ask for ROM sizes on every domain.
+    _roms: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # First wins, as the linear scan over rom_files did.
+        roms: dict[str, int] = {}
+        for key, size in self.rom_files:
+            roms.setdefault(key, size)
+        object.__setattr__(self, "_roms", roms)
 
     @property
     def kernel_version(self) -> tuple[int, int] | None:
@@ -87,21 +96,24 @@ class HostFacts:
 
     def rom_size(self, name: str) -> tuple[int | None, str]:
         """(size, where it came from) for a ROM file name or absolute path."""
-        for key, size in self.rom_files:
-            if key == name:
-                return size, "host"
+        size = self._roms.get(name)
+        if size is not None:
+            return size, "host"
         base = os.path.basename(name)
         if base != name:
-            for key, size in self.rom_files:
-                if key == base:
-                    return size, "host"
+            size = self._roms.get(base)
+            if size is not None:
+                return size, "host"
         if base in DEFAULT_ROM_SIZES:
             return DEFAULT_ROM_SIZES[base], "default"
         return None, "unknown"
 
     def param(self, module: str, name: str) -> str | None:
         params = self.vfio_type1_params if module == "vfio_iommu_type1" else self.iommufd_params
-        return dict(params).get(name)
+        for key, value in params:
+            if key == name:
+                return value
+        return None
 
 
 def collect(*, extra_files: Iterable[str] = (), probe_qemu: bool = False,

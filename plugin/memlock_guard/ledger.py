@@ -101,30 +101,43 @@ class Ledger:
         ``tolerant`` forgives zero-fill pages, at most ``zero_page_allowance`` bytes of
         those mapped at any one time (None: all of them, as kernels before 6.2 did).
         """
-        strict = self._peak(zero_fill=True)
-        if mode is Mode.STRICT:
-            return strict
-        if mode is Mode.TOLERANT:
-            forgiving_all = self._peak(zero_fill=False)
-            if zero_page_allowance is None:
-                return forgiving_all
-            # Per phase: charge - min(zero, A); the max over phases of that equals
-            # max(peak without zero-fill, strict peak - A).
-            return max(forgiving_all, strict - zero_page_allowance)
-        raise ValueError("resolve auto to strict or tolerant first")
+        if mode is Mode.AUTO:
+            raise ValueError("resolve auto to strict or tolerant first")
+        strict, tolerant = self.requirements(zero_page_allowance)
+        return strict if mode is Mode.STRICT else tolerant
 
-    def _peak(self, *, zero_fill: bool) -> int:
-        always = 0
-        regions: dict[tuple[Window, str], int] = {}
+    def requirements(self, zero_page_allowance: int | None = None) -> tuple[int, int]:
+        """(strict, tolerant) in one pass over the items."""
+        strict, forgiving_all = self._peaks()
+        if zero_page_allowance is None:
+            return strict, forgiving_all
+        # Per phase: charge - min(zero, A); the max over phases of that equals
+        # max(peak without zero-fill, strict peak - A).
+        return strict, max(forgiving_all, strict - zero_page_allowance)
+
+    def _peaks(self) -> tuple[int, int]:
+        """The peak charge with and without zero-fill pages."""
+        always = always_nz = 0
+        regions: dict[tuple[Window, str], list[int]] = {}
+        zero_fill = Backing.ZERO_FILL
         for i in self.items:
-            if not zero_fill and i.backing is Backing.ZERO_FILL:
-                continue
+            charge = i.bytes * i.containers
+            nz = 0 if i.backing is zero_fill else charge
             if i.window is None:
-                always += i.charged
+                always += charge
+                always_nz += nz
             else:
                 key = (i.window, i.region or i.source)
-                regions[key] = regions.get(key, 0) + i.charged
-        return always + max(regions.values(), default=0)
+                acc = regions.get(key)
+                if acc is None:
+                    regions[key] = [charge, nz]
+                else:
+                    acc[0] += charge
+                    acc[1] += nz
+        if not regions:
+            return always, always_nz
+        return (always + max(a[0] for a in regions.values()),
+                always_nz + max(a[1] for a in regions.values()))
 
     def peak_region(self) -> tuple[Window, str, int] | None:
         """The boot-time region that sets the peak (strict), if any."""

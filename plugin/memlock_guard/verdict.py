@@ -44,8 +44,7 @@ class Verdict:
 
 def judge(ledger: Ledger, limit: EffectiveLimit, *, mode: Mode, mode_reason: str,
           footprint: int, margin: int, zero_page_allowance: int | None) -> Verdict:
-    strict = ledger.required(Mode.STRICT)
-    tolerant = ledger.required(Mode.TOLERANT, zero_page_allowance)
+    strict, tolerant = ledger.requirements(zero_page_allowance)
     required = strict if mode is Mode.STRICT else tolerant
     if limit.bytes is None:
         outcome, headroom = Outcome.UNLIMITED, None
