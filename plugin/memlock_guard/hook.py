@@ -51,8 +51,11 @@ def acts_on(op: str, subop: str) -> bool:
     return (op, subop) in ACTING
 
 
-class DeadlineExceeded(Exception):
-    pass
+class DeadlineExceeded(BaseException):
+    """Raised by SIGALRM in whatever step is running. A BaseException, like
+    KeyboardInterrupt, so that no ``except Exception`` on the way (the engine's guard
+    around third-party plugins, a plugin's own retry loop) can swallow it and keep
+    the step going until the watchdog has to kill the process."""
 
 
 def run(argv: list[str], *, stdin: IO[bytes] | None = None, stdout: IO[str] | None = None,
@@ -120,7 +123,8 @@ class Progress:
 
 def _answer(op: str, stdin: IO[bytes], progress: Progress, policy_path: str | None,
             facts_path: str | None, cache_dir: str | None) -> Any:
-    data = stdin.read(MAX_XML_BYTES + 1)
+    _provisional_policy(progress, policy_path)
+    data = _read_stdin(stdin, MAX_XML_BYTES)
     digest = None
     if cache_dir and len(data) <= MAX_XML_BYTES:
         from . import decision_cache
@@ -133,10 +137,9 @@ def _answer(op: str, stdin: IO[bytes], progress: Progress, policy_path: str | No
                 return _replay(hit, progress)
     from .hook_decision import decide
 
-    if len(data) > MAX_XML_BYTES:
-        from .errors import InputError
-
-        raise InputError(f"domain XML on stdin is larger than {MAX_XML_BYTES >> 20} MiB")
+    # An oversized XML is refused by decide() too (xmlsafe.parse), but only after the
+    # policy is loaded: raising here answered with the built-in on-error (allow) and
+    # audit log, whatever the policy said.
     outcome = decide(op, data, progress, policy_path, facts_path)
     if digest is not None and cache_dir and outcome.cacheable:
         from . import decision_cache
@@ -146,6 +149,54 @@ def _answer(op: str, stdin: IO[bytes], progress: Progress, policy_path: str | No
                              record=outcome.record, files=outcome.files,
                              audit_log=progress.audit_log, on_error=progress.on_error)
     return outcome
+
+
+def _provisional_policy(progress: Progress, policy_path: str | None) -> None:
+    """Take on-error and audit-log from the policy file's text before reading stdin.
+
+    The policy proper is loaded (with lxml) only after stdin, for the decision cache's
+    sake; until then a stuck stdin, or an XML too large to read, would be answered with
+    the built-in on-error and audit log instead of the operator's. Same textual rule as
+    policy.salvage(): a single unambiguous value, else nothing; decide() then overrides.
+    """
+    import re
+    import stat
+
+    path = policy_path or "/etc/memlock-guard/policy.xml"  # policy.DEFAULT_PATH
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return
+        data = os.read(fd, 256 * 1024)  # policy.MAX_POLICY_BYTES
+    except OSError:
+        return
+    finally:
+        os.close(fd)
+    prefix = rb"<(?:[A-Za-z_][\w.-]*:)?"
+    for pattern, attr in ((prefix + rb"on-error\s*>\s*(allow|refuse)\s*<", "on_error"),
+                          (prefix + rb"audit-log\s*>\s*(/[^<>\x00-\x1f]{0,4000}?)\s*<",
+                           "audit_log")):
+        found = set(re.findall(pattern, data))
+        if len(found) == 1:
+            setattr(progress, attr, found.pop().decode("ascii", "replace"))
+
+
+def _read_stdin(stdin: IO[bytes], limit: int) -> bytes:
+    """Everything up to EOF, or ``limit`` + 1 bytes (too large). One read() on a raw pipe
+    returns only what has arrived so far: a domain XML written in pieces would be judged
+    on its first piece. A writer that never closes is left to the deadline."""
+    chunks: list[bytes] = []
+    total = 0
+    while total <= limit:
+        chunk = stdin.read(limit + 1 - total)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
 
 
 class _Replayed:
