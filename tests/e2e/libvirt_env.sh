@@ -33,6 +33,19 @@ alive() {
         [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$2" ]]
 }
 
+# own_fds CMD...: run CMD with only stdin, stdout and stderr open. A daemon keeps every
+# descriptor it inherits for its whole life: started under `flock LOCK cmd`, libvirtd
+# would hold the e2e lock for ever and every later test session would wait on it.
+own_fds() {
+    (
+        for fd in /proc/self/fd/*; do
+            fd=${fd##*/}
+            ((fd > 2)) && eval "exec $fd>&-" 2>/dev/null
+        done
+        exec "$@"
+    )
+}
+
 # `timeout`: a wedged daemon must not wedge the caller.
 answers() { timeout 5 virsh -c "$URI" version >/dev/null 2>&1; }
 
@@ -78,7 +91,7 @@ start() {
     setup
     if ! alive "$VIRTLOGD_PID" virtlogd; then
         note "starting virtlogd"
-        virtlogd -d || die "virtlogd failed to start"
+        own_fds virtlogd -d || die "virtlogd failed to start"
     fi
     if alive "$LIBVIRTD_PID" libvirtd && answers; then
         note "libvirtd already running (pid $(cat "$LIBVIRTD_PID"))"; return 0
@@ -86,7 +99,7 @@ start() {
     local logsize; logsize=$(stat -c %s "$LOG" 2>/dev/null || echo 0)
     if ! alive "$LIBVIRTD_PID" libvirtd; then
         note "starting libvirtd"
-        LIBVIRT_LOG_OUTPUTS="3:file:$LOG" libvirtd -d || die "libvirtd -d failed (see $LOG)"
+        LIBVIRT_LOG_OUTPUTS="3:file:$LOG" own_fds libvirtd -d || die "libvirtd -d failed (see $LOG)"
     fi
     # The pidfile appears before the drivers are initialised: poll the API itself.
     local deadline=$((SECONDS + START_TIMEOUT))
