@@ -9,10 +9,12 @@ never appear in any output (a secret file's content, /etc/passwd's first line).
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 # Pinned host facts (the same numbers as tests/conftest.py's PINNED_HOST, repeated so
 # that the benchmark can import this module without pytest).
@@ -328,6 +330,64 @@ CASES: tuple[Case, ...] = (
                                         "hostdevs-viommu"), exit=0,
          message="1000 VFIO (vIOMMU: one each)"),
 )
+
+
+# -- policy files: broken, partial, unreadable-ish, or linked somewhere odd ---------------
+# For the hook (which follows the on-error it can still read) and the CLI (exit 2).
+
+NS = "urn:memlock-guard:policy:1"
+
+
+class HasDir(Protocol):
+    dir: Path
+
+
+def policy_fifo(d: HasDir) -> Path:
+    p = d.dir / "policy.fifo"
+    os.mkfifo(p)
+    return p
+
+
+def policy_link(d: HasDir, target: str | Path) -> Path:
+    p = d.dir / "policy-link.xml"
+    p.symlink_to(target)
+    return p
+
+
+def policy_file(d: HasDir, data: bytes) -> Path:
+    p = d.dir / "policy-file.xml"
+    p.write_bytes(data)
+    return p
+
+
+POLICY_CASES: dict[str, tuple[Callable[[Any], Path], str, str]] = {
+    # name: (make(env) -> path, on-error the hook must follow, piece of the message)
+    "not-xml": (lambda e: policy_file(e, b"on-error = refuse\n"), "allow", "not well-formed"),
+    "truncated-keeps-on-error": (lambda e: policy_file(
+        e, f"<policy xmlns='{NS}'><on-error>refuse</on-error><mode>str".encode()),
+        "refuse", "not well-formed"),
+    "invalid-element-keeps-on-error": (lambda e: policy_file(
+        e, f"<policy xmlns='{NS}'><on-error>refuse</on-error><bogus/></policy>".encode()),
+        "refuse", "bogus"),
+    "bad-value": (lambda e: policy_file(
+        e, f"<policy xmlns='{NS}'><margin unit='MiB'>-1</margin></policy>".encode()),
+        "allow", "margin"),
+    "ambiguous-on-error": (lambda e: policy_file(
+        e, f"<policy xmlns='{NS}'><on-error>refuse</on-error><on-error>allow</on-error>"
+           "</policy>".encode()), "allow", "on-error"),
+    "xxe": (lambda e: policy_file(e, f"<!DOCTYPE p [<!ENTITY x SYSTEM 'file:///etc/passwd'>]>"
+                               f"<policy xmlns='{NS}'><audit-log>&x;</audit-log></policy>"
+                               .encode()), "allow", "DOCTYPE"),
+    "empty": (lambda e: policy_file(e, b""), "allow", "empty"),
+    "too-large": (lambda e: policy_file(e, b" " * (300 * 1024)), "allow", "larger than"),
+    "missing": (lambda e: e.dir / "nope.xml", "allow", "does not exist"),
+    "dangling-symlink": (lambda e: policy_link(e, e.dir / "gone.xml"), "allow", "does not exist"),
+    "symlink-to-etc-passwd": (lambda e: policy_link(e, "/etc/passwd"), "allow", "not well-formed"),
+    "symlink-to-dev-zero": (lambda e: policy_link(e, "/dev/zero"), "allow", "not a regular file"),
+    "symlink-to-fifo": (lambda e: policy_link(e, policy_fifo(e)), "allow", "not a regular file"),
+    "directory": (lambda e: e.dir, "allow", "not a regular file"),
+}
+
 
 
 def by_name(name: str) -> Case:

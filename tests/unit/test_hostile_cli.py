@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .hostile_cases import CASES, Case, Ctx, by_name
+from .hostile_cases import CASES, POLICY_CASES, Case, Ctx, by_name
 
 PASSWD_FIRST_LINE = Path("/etc/passwd").read_text().splitlines()[0]
 
@@ -126,3 +126,20 @@ def test_1000_hostdevs_behind_a_viommu_are_1000_containers(tmp_path: Path) -> No
     assert ram["charged_bytes"] == 1000 * 4 * 1024**3
     assert r["baselines"]["libvirt"]["bytes"] == 1000 * 4 * 1024**3 + 1024**3
     assert r["required_bytes"]["strict"] >= 1000 * 4 * 1024**3
+
+
+@pytest.mark.parametrize("name", POLICY_CASES)
+def test_broken_policy_via_cli(name: str, tmp_path: Path) -> None:
+    """``check --policy`` loads the policy before contacting libvirt: exit 2, one line."""
+    ctx = Ctx(tmp_path)
+    make, _on_error, why = POLICY_CASES[name]
+    path = make(ctx)
+    p = subprocess.run(
+        [sys.executable, "-m", "memlock_guard.cli", "check", "--policy", str(path), "--all",
+         "--connect", "test:///default"],
+        capture_output=True, timeout=60)
+    out, err = p.stdout.decode(), p.stderr.decode()
+    assert p.returncode == 2, err
+    assert out == "" and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("memlock-guard: policy ") and why in err, err
+    assert PASSWD_FIRST_LINE not in err

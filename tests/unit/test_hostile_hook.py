@@ -34,7 +34,16 @@ import pytest
 from memlock_guard import audit, hook
 
 from ..conftest import ROOT
-from .hostile_cases import CASES, PINNED_HOST, Case, Ctx, domain, hostdevs
+from .hostile_cases import (
+    CASES,
+    PINNED_HOST,
+    POLICY_CASES,
+    Case,
+    Ctx,
+    domain,
+    hostdevs,
+    policy_file,
+)
 
 PASSWD_FIRST_LINE = Path("/etc/passwd").read_text().splitlines()[0]
 NS = "urn:memlock-guard:policy:1"
@@ -305,53 +314,6 @@ def test_hook_without_its_package_follows_on_error(on_error: str, env: Env) -> N
 
 # -- policy files --------------------------------------------------------------------------
 
-def _fifo(env: Env) -> Path:
-    p = env.dir / "policy.fifo"
-    os.mkfifo(p)
-    return p
-
-
-def _link(env: Env, target: str | Path) -> Path:
-    p = env.dir / "policy-link.xml"
-    p.symlink_to(target)
-    return p
-
-
-def _file(env: Env, data: bytes) -> Path:
-    p = env.dir / "policy-file.xml"
-    p.write_bytes(data)
-    return p
-
-
-POLICY_CASES = {
-    # name: (make(env) -> path, on-error the hook must follow, piece of the message)
-    "not-xml": (lambda e: _file(e, b"on-error = refuse\n"), "allow", "not well-formed"),
-    "truncated-keeps-on-error": (lambda e: _file(
-        e, f"<policy xmlns='{NS}'><on-error>refuse</on-error><mode>str".encode()),
-        "refuse", "not well-formed"),
-    "invalid-element-keeps-on-error": (lambda e: _file(
-        e, f"<policy xmlns='{NS}'><on-error>refuse</on-error><bogus/></policy>".encode()),
-        "refuse", "bogus"),
-    "bad-value": (lambda e: _file(
-        e, f"<policy xmlns='{NS}'><margin unit='MiB'>-1</margin></policy>".encode()),
-        "allow", "margin"),
-    "ambiguous-on-error": (lambda e: _file(
-        e, f"<policy xmlns='{NS}'><on-error>refuse</on-error><on-error>allow</on-error>"
-           "</policy>".encode()), "allow", "on-error"),
-    "xxe": (lambda e: _file(e, f"<!DOCTYPE p [<!ENTITY x SYSTEM 'file:///etc/passwd'>]>"
-                               f"<policy xmlns='{NS}'><audit-log>&x;</audit-log></policy>"
-                               .encode()), "allow", "DOCTYPE"),
-    "empty": (lambda e: _file(e, b""), "allow", "empty"),
-    "too-large": (lambda e: _file(e, b" " * (300 * 1024)), "allow", "larger than"),
-    "missing": (lambda e: e.dir / "nope.xml", "allow", "does not exist"),
-    "dangling-symlink": (lambda e: _link(e, e.dir / "gone.xml"), "allow", "does not exist"),
-    "symlink-to-etc-passwd": (lambda e: _link(e, "/etc/passwd"), "allow", "not well-formed"),
-    "symlink-to-dev-zero": (lambda e: _link(e, "/dev/zero"), "allow", "not a regular file"),
-    "symlink-to-fifo": (lambda e: _link(e, _fifo(e)), "allow", "not a regular file"),
-    "directory": (lambda e: e.dir, "allow", "not a regular file"),
-}
-
-
 @pytest.mark.parametrize("name", POLICY_CASES)
 def test_broken_policy_follows_its_on_error(name: str, env: Env) -> None:
     make, on_error, why = POLICY_CASES[name]
@@ -364,7 +326,7 @@ def test_broken_policy_follows_its_on_error(name: str, env: Env) -> None:
 
 
 def test_truncated_policy_salvages_its_audit_log(env: Env) -> None:
-    path = _file(env, f"<policy xmlns='{NS}'><on-error>refuse</on-error>"
+    path = policy_file(env, f"<policy xmlns='{NS}'><on-error>refuse</on-error>"
                       f"<audit-log>{env.audit}</audit-log><mode>nonsense".encode())
     r = run_hook(env, FITS, path)
     assert r.rc == 1
