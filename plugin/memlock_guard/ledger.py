@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .fastinit import fast_init
+
 
 class Backing(StrEnum):
     ANON = "anon"  # guest RAM, memory devices: written, so always real pages
@@ -45,6 +47,7 @@ class Mode(StrEnum):
     AUTO = "auto"  # decide from the host
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Exposure:
     source: str  # e.g. "video0 qxl-vga ram BAR0"
@@ -65,6 +68,7 @@ class Exposure:
         return self.window is not None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class LedgerItem:
     source: str
@@ -87,6 +91,7 @@ class LedgerItem:
         return self.bytes * self.containers
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Ledger:
     items: tuple[LedgerItem, ...]
