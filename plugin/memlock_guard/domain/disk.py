@@ -26,17 +26,16 @@ class Disk:
 
     @classmethod
     def from_xml(cls, el: Element) -> Disk:
+        disk_type = attr(el, "type")
         return cls(
-            type=attr(el, "type"),
+            type=disk_type,
             device=attr(el, "device"),
             target=attr(first_in([el], "target"), "dev"),
-            nvme_in_chain=_chain_has_nvme(el),
+            nvme_in_chain=disk_type == "nvme" or _chain_has_nvme(el),
         )
 
 
 def _chain_has_nvme(el: Element) -> bool:
-    if attr(el, "type") == "nvme":
-        return True
     # Backing stores nest: <backingStore type='nvme'><backingStore .../></backingStore>;
     # bounded by the parser's depth limit.
     return any(b.get("type") == "nvme" for b in el.iter("backingStore"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -19,23 +20,35 @@ class Machine:
     @property
     def version(self) -> tuple[int, int] | None:
         """(7, 2) for ``pc-q35-7.2``; None for an unversioned alias like ``q35``."""
-        if not self.name:
-            return None
-        m = _VERSIONED.search(self.name)
-        return (int(m.group(1)), int(m.group(2))) if m else None
+        return _machine_version(self.name)
 
     @property
     def family(self) -> str:
         """q35 | i440fx | microvm | isapc | pseries | virt | s390-ccw | other."""
-        n = (self.name or "").lower()
-        if "q35" in n:
-            return "q35"
-        if n == "pc" or n.startswith("pc-i440fx") or re.match(r"pc-\d", n):
-            return "i440fx"
-        for fam in ("microvm", "isapc", "pseries", "s390-ccw", "virt"):
-            if n.startswith(fam):
-                return fam
-        return "other"
+        return _machine_family(self.name)
+
+
+# Estimators and baselines ask for these several times per domain, and a host runs a
+# handful of machine types: parse each name once.
+@functools.lru_cache(maxsize=512)
+def _machine_version(name: str | None) -> tuple[int, int] | None:
+    if not name:
+        return None
+    m = _VERSIONED.search(name)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+@functools.lru_cache(maxsize=512)
+def _machine_family(name: str | None) -> str:
+    n = (name or "").lower()
+    if "q35" in n:
+        return "q35"
+    if n == "pc" or n.startswith("pc-i440fx") or re.match(r"pc-\d", n):
+        return "i440fx"
+    for fam in ("microvm", "isapc", "pseries", "s390-ccw", "virt"):
+        if n.startswith(fam):
+            return fam
+    return "other"
 
 
 @fast_init

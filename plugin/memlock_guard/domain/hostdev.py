@@ -45,7 +45,8 @@ class Hostdev:
 
 def _source_label(el: Element, addr: Element | None) -> str:
     if addr is not None and addr.get("bus") is not None:
-        parts = [addr.get(k, "0") for k in ("domain", "bus", "slot", "function")]
+        get = addr.get
+        parts = (get("domain", "0"), get("bus", "0"), get("slot", "0"), get("function", "0"))
         try:
             d, b, s, f = (int(p, 0) for p in parts)
             return f"{d:04x}:{b:02x}:{s:02x}.{f:x}"

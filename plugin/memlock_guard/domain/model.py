@@ -21,7 +21,6 @@ from .xmlmap import (
     attr,
     count,
     every,
-    first_attr_in,
     group,
     one,
     scaled,
@@ -58,7 +57,7 @@ class Domain:
     disks: tuple[Disk, ...]
     videos: tuple[Video, ...]
     firmware: Firmware
-    controllers: tuple[Controller, ...]
+    controllers: tuple[Controller, ...]  # read for ppc64 only: see domain_from_element
     graphics: tuple[str, ...]  # <graphics type=...>
     has_tpm: bool
     launch_security: str | None  # sev | sev-snp | s390-pv | tdx ...
@@ -133,8 +132,8 @@ def domain_from_element(root: Element) -> Domain:
     if vcpus == 0:
         raise InputError("<vcpu> is zero")  # libvirt refuses it too
     os_blocks = top.get("os")
-    arch = first_attr_in(os_blocks, "type", "arch") or "x86_64"
-    machine = first_attr_in(os_blocks, "type", "machine")
+    arch_attr, machine = _arch_machine(os_blocks)
+    arch = arch_attr or "x86_64"
     graphics = tuple(e.get("type") or "?" for e in dev("graphics"))
     iommu = dev("iommu")
     return Domain(
@@ -157,7 +156,10 @@ def domain_from_element(root: Element) -> Domain:
         videos=videos_from_xml(dev("video"), arch=arch, machine=machine,
                                graphics=bool(graphics)),
         firmware=Firmware.from_blocks(os_blocks),
-        controllers=tuple(Controller.from_xml(e) for e in dev("controller")),
+        # Only libvirt's pSeries formula reads controllers (its PHBs); a q35 domain
+        # can list dozens of pcie-root-ports, so other architectures skip them.
+        controllers=tuple(Controller.from_xml(e) for e in dev("controller"))
+        if arch.startswith("ppc64") else (),
         graphics=graphics,
         has_tpm=bool(dev("tpm")),
         launch_security=attr(one(top, "launchSecurity"), "type"),
@@ -170,6 +172,23 @@ def domain_from_element(root: Element) -> Domain:
 # The device elements the model reads (each gathered across <devices> blocks).
 _MAPPED = frozenset(("memory", "hostdev", "interface", "disk", "video", "controller",
                      "graphics", "tpm", "iommu"))
+
+
+def _arch_machine(os_blocks: list[Element] | None) -> tuple[str | None, str | None]:
+    """``string(./os/type/@arch)`` and ``@machine``: each from the first
+    ``<os><type>`` that has it, across repeated ``<os>`` blocks."""
+    arch = machine = None
+    for block in os_blocks or ():
+        for c in block:
+            if c.tag == "type":
+                if arch is None:
+                    arch = c.get("arch")
+                if machine is None:
+                    machine = c.get("machine")
+                if arch is not None and machine is not None:
+                    return arch.strip(), machine.strip()
+    return (arch.strip() if arch is not None else None,
+            machine.strip() if machine is not None else None)
 
 
 def _pci_buses(root: Element) -> tuple[int, ...]:
