@@ -10,6 +10,7 @@ VERBS = (
     "check",
     "apply",
     "watch",
+    "measure",
     "install_hook",
     "uninstall_hook",
 )

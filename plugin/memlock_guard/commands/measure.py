@@ -1,0 +1,177 @@
+"""memlock-guard measure: what QEMU really maps for a domain, next to the estimate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..measure import Measurement
+
+HELP = "read what a running QEMU maps for DMA (or follow a boot) and compare with the estimate"
+DESCRIPTION = """\
+Asks QEMU itself, through libvirt, what it maps into the guest address space that a
+VFIO container would pin: the `ram` and `rom` ranges of `info mtree -f` (the flat view
+of address space "memory"), after the VFIO listener's rules. Guest RAM (the memory
+backends listed by `info memdev`, and their aliases) is set apart; everything else is
+*non-RAM*: pc.bios and its aliases, pc.rom, video RAM BARs, option-ROM BARs, the VGA
+legacy-window alias. It prints the non-RAM bytes, memlock-guard's strict estimate of
+the non-RAM peak for the same domain (its live XML, this host's ROM files), and the
+difference. The estimate must never be below what QEMU maps, and should be within
+max(2 MiB, 1 %) above it.
+
+Without --boot the domain must be running, and you get what is mapped *now*. That
+misses the boot-time peak: firmware maps each option-ROM BAR for a few milliseconds,
+and SeaBIOS's isa-bios alias and pc.rom vanish right after the first instruction.
+
+--boot follows a boot to find the peak. It STARTS THE SHUT-OFF DOMAIN ITSELF, paused,
+turns on QEMU's pci_update_mappings trace events (written to the domain's libvirt log,
+which must be readable here), resumes it, samples the flat view until nothing has
+changed for --settle seconds (at most --timeout), and then DESTROYS the domain (a
+hard power-off). The guest's firmware may begin to boot its OS in that window: use a
+test definition or a VM you may power-cycle. A running domain is refused, never
+stopped. Libvirt hooks run at that start as they would at any other.
+
+The numbers are per VFIO container; the domain needs no VFIO device to be measured.
+
+examples:
+  memlock-guard measure vm1
+  memlock-guard measure vm1 --boot --format json
+  memlock-guard measure vm1 --boot --connect qemu:///system --settle 8 --timeout 60
+
+exit status: 0 measured and the estimate covers it; 1 the estimate is BELOW what QEMU
+maps (an under-estimate: please report it with the JSON output); 2 bad input or the
+domain could not be measured."""
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("domain", metavar="DOMAIN", help="libvirt domain name")
+    p.add_argument("--connect", "-c", metavar="URI", default=None,
+                   help="libvirt URI (default: libvirt's default, usually qemu:///system)")
+    p.add_argument("--boot", action="store_true",
+                   help="start the shut-off domain paused, follow its boot for the peak, "
+                        "then destroy it (see above)")
+    p.add_argument("--settle", metavar="SECONDS", type=float, default=3.0,
+                   help="with --boot: stop once nothing changed for this long (default 3; "
+                        "OVMF under TCG wants 8 or more)")
+    p.add_argument("--timeout", metavar="SECONDS", type=float, default=60.0,
+                   help="with --boot: stop following the boot after this long (default 60)")
+    p.add_argument("--host-facts", metavar="FILE", default=None,
+                   help="JSON file overriding what the estimate reads from this host")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text for people (default), json for automation")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..domain import parse_domain
+    from ..engine import build_ledger
+    from ..errors import InputError
+    from ..ledger import Kind
+    from ..measure import estimated_non_ram, measure_boot, measure_now, open_target
+    from .common import domain_files, host_facts
+
+    if args.settle <= 0 or args.timeout <= 0:
+        raise InputError("--settle and --timeout must be positive")
+    target = open_target(args.domain, args.connect)
+    if args.boot:
+        m = measure_boot(target, settle=args.settle, timeout=args.timeout)
+    else:
+        m = measure_now(target)
+    domain = parse_domain(m.xml.encode())
+    ledger = build_ledger(domain, host_facts(args, domain_files(domain)))
+    estimate, always = estimated_non_ram(ledger)
+    items = [(i.source, i.bytes, i.window.value if i.window else None)
+             for i in ledger.items if i.kind is not Kind.RAM]
+    out = _report(m, estimate, always, items)
+    print(json.dumps(out, indent=2) if args.format == "json" else _text(m, out))
+    return 1 if estimate < m.non_ram_bytes else 0
+
+
+def _report(m: Measurement, estimate: int, always: int,
+            items: list[tuple[str, int, str | None]]) -> dict[str, Any]:
+    from ..measure import tolerance
+
+    diff = estimate - m.non_ram_bytes
+    tol = tolerance(m.non_ram_bytes)
+    return {
+        "domain": m.domain,
+        "what": "boot-peak" if m.boot else "now",
+        "measured": {
+            "non_ram_bytes": m.non_ram_bytes,
+            "guest_ram_bytes": m.guest_ram_bytes,
+            "parts": [{"what": w, "bytes": b} for w, b in m.parts],
+            "pre_firmware_non_ram_bytes": m.pre_firmware_bytes,
+            "final_non_ram_bytes": m.final_bytes,
+            "rom_bars": [{"device": r.device, "bdf": r.bdf, "address": r.address,
+                          "bytes": r.size,
+                          "mapped_ms": None if r.end is None
+                          else round((r.end - r.start) * 1000, 2)} for r in m.roms],
+            "samples": m.samples,
+            "duration_s": round(m.duration, 3),
+            "warnings": list(m.warnings),
+            "notes": list(m.notes),
+        },
+        "estimate": {
+            "non_ram_strict_bytes": estimate,
+            "non_ram_always_mapped_bytes": always,
+            "items": [{"source": s, "bytes": b, "window": w} for s, b, w in items],
+        },
+        "difference_bytes": diff,
+        "tolerance_bytes": tol,
+        "covers": diff >= 0,
+        "within_tolerance": 0 <= diff <= tol,
+    }
+
+
+def _text(m: Measurement, r: dict[str, Any]) -> str:
+    from ..units import KiB, human
+
+    def kib(n: int) -> str:
+        if n % KiB or n < 1024 * KiB:
+            return human(n)
+        return f"{n // KiB} KiB ({human(n)})"
+
+    meas = r["measured"]
+    if m.boot:
+        head = (f"{m.domain}: boot peak, followed {m.duration:.1f} s after resume, "
+                f"{m.samples} samples, {len(m.roms)} ROM BAR(s) traced")
+    else:
+        head = f"{m.domain}: mapped now (a running domain; --boot finds the boot-time peak)"
+    lines = [head, "", "non-RAM mapped" + (" at the peak" if m.boot else "")
+             + " (per VFIO container):"]
+    width = max((len(p["what"]) for p in meas["parts"]), default=10)
+    lines += [f"  {p['what']:<{width}}  {human(p['bytes']):>10}" for p in meas["parts"]]
+    if not meas["parts"]:
+        lines.append("  (nothing)")
+    if m.roms:
+        lines.append("ROM BARs during boot (one at a time is normal):")
+        for rb in meas["rom_bars"]:
+            took = "still mapped" if rb["mapped_ms"] is None else f"{rb['mapped_ms']} ms"
+            lines.append(f"  {rb['device']} {rb['bdf']}  {human(rb['bytes'])}  ({took})")
+    if m.boot:
+        lines.append(f"non-RAM before the first instruction: {human(m.pre_firmware_bytes or 0)};"
+                     f" at the end: {human(m.final_bytes or 0)}")
+    lines.append(f"guest RAM mapped: {human(m.guest_ram_bytes)}")
+    lines += [f"warning: {w}" for w in m.warnings]
+    lines += [f"note: {n}" for n in m.notes]
+    est = r["estimate"]
+    diff = r["difference_bytes"]
+    if diff < 0:
+        verdict = "UNDER-ESTIMATE: the estimate is below what QEMU maps"
+    elif diff <= r["tolerance_bytes"]:
+        verdict = "ok: covered, within tolerance"
+    else:
+        verdict = "covered, but more than the tolerance above it"
+    sign = "+" if diff >= 0 else "-"
+    lines += [
+        "",
+        f"measured non-RAM:               {kib(m.non_ram_bytes)}",
+        f"estimated non-RAM, strict peak: {kib(est['non_ram_strict_bytes'])}"
+        f"  (always mapped: {human(est['non_ram_always_mapped_bytes'])})",
+        f"difference:                     {sign}{kib(abs(diff))}"
+        f"  (tolerance max(2 MiB, 1%) = {human(r['tolerance_bytes'])}): {verdict}",
+    ]
+    if not m.boot:
+        lines.append("note: the estimate is the boot-time peak; mapped now is usually lower")
+    return "\n".join(lines)
