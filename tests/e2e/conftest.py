@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,3 +122,95 @@ def libvirtd(libvirtd_session: Libvirtd) -> Iterator[Libvirtd]:
 def domain_type() -> str:
     """kvm where /dev/kvm works, else TCG."""
     return "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "qemu"
+
+
+# -- the hook, installed for real ------------------------------------------------------------
+
+HOOK_STATE = Path("/run/memlock-guard-e2e")
+HOOK_POLICY = HOOK_STATE / "policy.xml"
+HOOK_AUDIT = HOOK_STATE / "audit.jsonl"
+POLICY_NS = "urn:memlock-guard:policy:1"
+
+
+@dataclass
+class HookedLibvirtd:
+    """The daemon with memlock-guard's hook installed (qemu.d/50-memlock-guard).
+
+    The hook reads its policy from HOOK_POLICY and logs to HOOK_AUDIT. Domains defined
+    through ``define`` are cleaned up by the ``libvirtd`` fixture, when a test uses it
+    too, and at the end of the session.
+    """
+
+    daemon: Libvirtd
+    policy_path: Path = HOOK_POLICY
+    audit_path: Path = HOOK_AUDIT
+
+    def virsh(self, *args: str, check: bool = True, timeout: float = 120,
+              stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return self.daemon.virsh(*args, check=check, timeout=timeout, stdin=stdin)
+
+    def define(self, xml: str) -> str:
+        return self.daemon.define(xml)
+
+    def set_policy(self, xml_text: str) -> None:
+        """Write the hook's policy file (atomically; the hook reads it on every run).
+
+        A well-formed policy without <audit-log> gets this session's audit log, so
+        audit_lines() sees its decisions; anything else is written exactly as given
+        (to test broken policies).
+        """
+        from lxml import etree
+
+        text = xml_text
+        try:
+            root = etree.fromstring(xml_text.encode())
+        except etree.XMLSyntaxError:
+            root = None
+        if (root is not None and root.tag == f"{{{POLICY_NS}}}policy"
+                and root.find(f"{{{POLICY_NS}}}audit-log") is None):
+            etree.SubElement(root, f"{{{POLICY_NS}}}audit-log").text = str(self.audit_path)
+            text = etree.tostring(root, encoding="unicode")
+        tmp = self.policy_path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(self.policy_path)
+
+    def policy_xml(self, body: str = "") -> str:
+        """A policy document with ``body`` and this session's audit log."""
+        return (f'<policy xmlns="{POLICY_NS}">{body}'
+                f"<audit-log>{self.audit_path}</audit-log></policy>")
+
+    def audit_lines(self, since: int = 0) -> list[dict[str, Any]]:
+        """Every audit record so far (from index ``since``), parsed."""
+        import json
+
+        if not self.audit_path.exists():
+            return []
+        lines = self.audit_path.read_text().splitlines()
+        return [json.loads(line) for line in lines[since:] if line.strip()]
+
+
+def _memlock_guard(*args: str) -> subprocess.CompletedProcess[str]:
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "memlock_guard.cli", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def hooked_libvirtd(libvirtd_session: Libvirtd) -> Iterator[HookedLibvirtd]:
+    """Installs the hook with `memlock-guard install-hook`, before the daemon restarts
+    (libvirtd finds hooks only when it starts); uninstalls it and restarts at the end."""
+    HOOK_STATE.mkdir(parents=True, exist_ok=True)
+    HOOK_AUDIT.unlink(missing_ok=True)
+    hooked = HookedLibvirtd(libvirtd_session)
+    hooked.set_policy(hooked.policy_xml())
+    r = _memlock_guard("install-hook", "--policy", str(HOOK_POLICY))
+    assert r.returncode == 0, f"install-hook failed: {r.stderr}"
+    try:
+        libvirtd_session.restart()
+        yield hooked
+    finally:
+        libvirtd_session.cleanup()
+        r = _memlock_guard("uninstall-hook")
+        libvirtd_session.restart()
+        assert r.returncode == 0, f"uninstall-hook failed: {r.stderr}"
