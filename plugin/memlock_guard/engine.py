@@ -50,12 +50,17 @@ def build_ledger(domain: Domain, host: HostFacts,
         exposures += [(name, e) for e in got]
     # An excluded plugin contributes nothing, not even what it returned before it
     # misbehaved: its containers without its exposures would be half a story.
-    kept_reasons = tuple(r for name, r in reasons if name not in excluded)
+    if excluded:
+        kept_reasons = tuple(r for name, r in reasons if name not in excluded)
+        kept = [e for name, e in exposures if name not in excluded]
+    else:  # the usual case: nothing to filter
+        kept_reasons = tuple(r for _, r in reasons)
+        kept = [e for _, e in exposures]
     n = len(kept_reasons)
     items = tuple(
         LedgerItem(e.source, e.bytes, e.backing, e.readonly, e.kind, e.window, e.region,
                    n if e.containers is None else min(e.containers, n), e.note)
-        for name, e in exposures if name not in excluded)
+        for e in kept)
     return Ledger(items, n, kept_reasons,
                   tuple(f"{name}: {why}" for name, why in excluded.items()))
 

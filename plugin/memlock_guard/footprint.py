@@ -28,10 +28,13 @@ GRAPHICS = 32 * MiB
 SEV = 256 * MiB
 
 
+_DEVICE_KINDS = frozenset((Kind.VIDEO, Kind.OPTION_ROM, Kind.FIRMWARE))
+
+
 def qemu_footprint(domain: Domain, ledger: Ledger) -> int:
     total = domain.memory + domain.memory // 512
-    total += ledger.bytes_of(Kind.VIDEO) + ledger.bytes_of(Kind.OPTION_ROM)
-    total += ledger.bytes_of(Kind.FIRMWARE)
+    # Video, option-ROM and firmware bytes, one copy each (one pass over the ledger).
+    total += sum(i.bytes for i in ledger.items if i.kind in _DEVICE_KINDS)
     total += PER_VCPU * domain.vcpus + PER_IOTHREAD * max(domain.iothreads, 1) + QEMU_FIXED
     if domain.graphics:
         total += GRAPHICS

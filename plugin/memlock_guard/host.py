@@ -79,6 +79,7 @@ class HostFacts:
     provenance: tuple[tuple[str, str], ...] = field(default=())
     # Derived lookups, built once: estimators ask for ROM sizes on every domain.
     _roms: dict[str, int] = field(init=False, repr=False, compare=False)
+    _kernel: tuple[int, int] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # First wins, as the linear scan over rom_files did.
@@ -86,13 +87,12 @@ class HostFacts:
         for key, size in self.rom_files:
             roms.setdefault(key, size)
         object.__setattr__(self, "_roms", roms)
+        m = re.match(r"(\d+)\.(\d+)", self.kernel_release or "")
+        object.__setattr__(self, "_kernel", (int(m.group(1)), int(m.group(2))) if m else None)
 
     @property
     def kernel_version(self) -> tuple[int, int] | None:
-        if not self.kernel_release:
-            return None
-        m = re.match(r"(\d+)\.(\d+)", self.kernel_release)
-        return (int(m.group(1)), int(m.group(2))) if m else None
+        return self._kernel
 
     def rom_size(self, name: str) -> tuple[int | None, str]:
         """(size, where it came from) for a ROM file name or absolute path."""

@@ -37,8 +37,11 @@ def manager(allowed: Iterable[str] = ()) -> pluggy.PluginManager:
     return pm
 
 
+_BUILTIN = frozenset(BUILTIN_MODULES)
+
+
 def is_builtin(plugin_name: str | None) -> bool:
-    return plugin_name in BUILTIN_MODULES
+    return plugin_name in _BUILTIN
 
 
 def _load_allowed(pm: pluggy.PluginManager, allowed: tuple[str, ...]) -> None:
