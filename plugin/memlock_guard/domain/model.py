@@ -111,15 +111,24 @@ def domain_from_element(root: Element) -> Domain:
     # One pass over every <devices> block: ./devices/TAG for each tag we map, in
     # document order across blocks, and the count of ./devices/*.
     top = group(root)  # every child of <domain> by name, in document order
+    os_blocks = top.get("os")
+    arch_attr, machine = _arch_machine(os_blocks)
+    arch = arch_attr or "x86_64"
+    ppc64 = arch.startswith("ppc64")
     devices: dict[str, list[Element]] = {}
-    n_devices = 0
-    for block in top.get("devices") or ():
-        for el in block:
-            t = el.tag
-            if isinstance(t, str):
-                n_devices += 1
-                if t in _MAPPED:
-                    devices.setdefault(t, []).append(el)
+    blocks = top.get("devices") or ()
+    # The parser drops comments and processing instructions, so every child is an
+    # element; len() and the tag filter of iterchildren() run in C.
+    n_devices = sum(len(block) for block in blocks)
+    if n_devices <= MAX_DEVICES:
+        for block in blocks:
+            for el in block.iterchildren(*(_MAPPED if ppc64 else _MAPPED_NOT_PPC64)):
+                t = el.tag
+                lst = devices.get(t)
+                if lst is None:
+                    devices[t] = [el]
+                else:
+                    lst.append(el)
     if n_devices > MAX_DEVICES:
         raise InputError(f"domain lists {n_devices} devices, more than the {MAX_DEVICES} "
                          "memlock-guard accepts")
@@ -131,9 +140,6 @@ def domain_from_element(root: Element) -> Domain:
     vcpus = count(one(top, "vcpu"), "", what="<vcpu>")
     if vcpus == 0:
         raise InputError("<vcpu> is zero")  # libvirt refuses it too
-    os_blocks = top.get("os")
-    arch_attr, machine = _arch_machine(os_blocks)
-    arch = arch_attr or "x86_64"
     graphics = tuple(e.get("type") or "?" for e in dev("graphics"))
     iommu = dev("iommu")
     return Domain(
@@ -156,22 +162,22 @@ def domain_from_element(root: Element) -> Domain:
         videos=videos_from_xml(dev("video"), arch=arch, machine=machine,
                                graphics=bool(graphics)),
         firmware=Firmware.from_blocks(os_blocks),
-        # Only libvirt's pSeries formula reads controllers (its PHBs); a q35 domain
-        # can list dozens of pcie-root-ports, so other architectures skip them.
-        controllers=tuple(Controller.from_xml(e) for e in dev("controller"))
-        if arch.startswith("ppc64") else (),
+        controllers=tuple(Controller.from_xml(e) for e in dev("controller")),
         graphics=graphics,
         has_tpm=bool(dev("tpm")),
         launch_security=attr(one(top, "launchSecurity"), "type"),
         metadata=_our_metadata(one(top, "metadata")),
         # Only libvirt's pSeries formula needs them (every bus there is a PHB).
-        pci_buses=_pci_buses(root) if arch.startswith("ppc64") else (),
+        pci_buses=_pci_buses(root) if ppc64 else (),
     )
 
 
 # The device elements the model reads (each gathered across <devices> blocks).
-_MAPPED = frozenset(("memory", "hostdev", "interface", "disk", "video", "controller",
-                     "graphics", "tpm", "iommu"))
+_MAPPED_NOT_PPC64 = ("memory", "hostdev", "interface", "disk", "video", "graphics", "tpm",
+                     "iommu")
+# Only libvirt's pSeries formula reads controllers (its PHBs); a q35 domain can list
+# dozens of pcie-root-ports, so other architectures skip them.
+_MAPPED = (*_MAPPED_NOT_PPC64, "controller")
 
 
 def _arch_machine(os_blocks: list[Element] | None) -> tuple[str | None, str | None]:
