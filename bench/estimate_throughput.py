@@ -2,7 +2,8 @@
 
 Prints the median time per domain of a full estimate (hardened parse, domain model,
 ledger through the estimator plugins, baselines, verdict) as a ratio to lxml parsing
-the same XML alone. The target is <= 3x. Nothing is asserted: this prints numbers.
+the same XML alone, and the median of each phase. The target is <= 3x. Nothing is
+asserted: this prints numbers (they vary by +-10% between runs on a shared machine).
 
 The domains are the shipped examples, files of libvirt's test corpus
 (../shared/corpus/libvirt-10.7.0, when present) and variations of the examples
@@ -29,8 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "plugin"))
 
 from memlock_guard import host as hostmod  # noqa: E402
-from memlock_guard.domain import parse_domain  # noqa: E402
-from memlock_guard.engine import default_manager  # noqa: E402
+from memlock_guard import xmlsafe  # noqa: E402
+from memlock_guard.domain import domain_from_element, parse_domain  # noqa: E402
+from memlock_guard.engine import build_ledger, default_manager  # noqa: E402
 from memlock_guard.errors import InputError  # noqa: E402
 from memlock_guard.render import to_dict  # noqa: E402
 from memlock_guard.report import Settings, assess  # noqa: E402
@@ -38,6 +40,8 @@ from memlock_guard.report import Settings, assess  # noqa: E402
 EXAMPLES = ROOT / "examples"
 CORPUS = ROOT.parent / "shared" / "corpus" / "libvirt-10.7.0"
 TARGET = 3.0
+PHASES = ("hardened parse (xmlsafe)", "domain model", "ledger (estimators)",
+          "assess (ledger+baselines+verdict)")
 
 PINNED_HOST = {
     "probe_host": False, "kernel_release": "6.1.0", "libvirt_version": "9.0.0",
@@ -155,6 +159,7 @@ def main() -> int:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
 
     parse_t, est_t, json_t, ratios = [], [], [], []
+    phases: dict[str, list[float]] = {k: [] for k in PHASES}
     for data in xmls:
         p = best_of(lambda d=data: etree.fromstring(d), args.repeat)
         e = best_of(lambda d=data: estimate(d), args.repeat)
@@ -163,6 +168,15 @@ def main() -> int:
         est_t.append(e)
         json_t.append(j)
         ratios.append(e / p)
+        root = xmlsafe.parse(data, what="domain XML")
+        domain = domain_from_element(root)
+        phases["hardened parse (xmlsafe)"].append(
+            best_of(lambda d=data: xmlsafe.parse(d, what="domain XML"), args.repeat))
+        phases["domain model"].append(best_of(lambda r=root: domain_from_element(r), args.repeat))
+        phases["ledger (estimators)"].append(
+            best_of(lambda d=domain: build_ledger(d, pinned, pm), args.repeat))
+        phases["assess (ledger+baselines+verdict)"].append(
+            best_of(lambda d=domain: assess(d, pinned, settings, pm), args.repeat))
 
     med_p, med_e, med_j = (statistics.median(t) for t in (parse_t, est_t, json_t))
     ratio = med_e / med_p
@@ -171,6 +185,9 @@ def main() -> int:
     print(f"median lxml parse alone:      {med_p * 1e6:8.1f} us")
     print(f"median estimate (parse+judge): {med_e * 1e6:8.1f} us")
     print(f"median estimate + JSON dict:   {med_j * 1e6:8.1f} us")
+    for name, times in phases.items():
+        med = statistics.median(times)
+        print(f"  phase {name + ':':36s} {med * 1e6:8.1f} us  ({med / med_p:.2f}x parse)")
     print(f"median per-domain ratio:       {statistics.median(ratios):8.2f}x")
     print(f"ratio (median estimate / median parse): {ratio:.2f}x "
           f"(target <= {TARGET:.0f}x: {'met' if ratio <= TARGET else 'NOT met'})")
