@@ -85,8 +85,6 @@ def run(argv: list[str], *, stdin: IO[bytes] | None = None, stdout: IO[str] | No
             guard.stop_alarm()
     except BaseException as e:  # libvirt must never see a traceback
         # The alarm fires once and is stopped above, so nothing can interrupt this.
-        from .hook_decision import failed
-
         outcome = failed(progress, describe(e, deadline))
     if not guard.disarm():
         # The watchdog has answered libvirt already and is ending the process.
@@ -199,8 +197,10 @@ def _read_stdin(stdin: IO[bytes], limit: int) -> bytes:
     return b"".join(chunks)
 
 
-class _Replayed:
-    """A cached outcome; duck-types hook_decision.Outcome without importing it."""
+class Answer:
+    """What the hook tells libvirt and the audit log. Light on purpose (no dataclasses,
+    which import inspect): the cached and the failure paths must not pay for the engine;
+    hook_decision.Outcome is the same shape."""
 
     __slots__ = ("exit_code", "record", "stderr", "stdout")
 
@@ -212,15 +212,41 @@ class _Replayed:
         self.stderr = stderr
 
 
-def _replay(entry: dict[str, Any], progress: Progress) -> _Replayed:
+def _replay(entry: dict[str, Any], progress: Progress) -> Answer:
     from . import audit
 
     record = dict(entry["record"])
     record.update(time=audit.now(), pid=os.getpid(), cached=True)
     progress.audit_log = entry.get("audit_log") or None
     progress.on_error = str(entry.get("on_error", progress.on_error))
-    return _Replayed(int(entry["exit_code"]), record, str(entry["stdout"]),
-                     str(entry["stderr"]))
+    return Answer(int(entry["exit_code"]), record, str(entry["stdout"]), str(entry["stderr"]))
+
+
+def failed(progress: Progress, why: str, *, report: Any = None) -> Answer:
+    """The on-error outcome: allow (loudly) or refuse, as the policy says.
+
+    Needs nothing but the audit module, so it works when the failure is that lxml, the
+    engine or a plugin could not even be imported.
+    """
+    from . import audit
+
+    refuse = progress.on_error == "refuse"
+    action = "refuse" if refuse else ("allow" if progress.op == "prepare" else "keep")
+    kw: dict[str, Any] = {"action": action, "policy": progress.policy_origin, "error": why}
+    if report is not None:
+        record = audit.from_report(progress.op, report, **kw)
+        record["verdict"] = "error"
+    else:
+        record = audit.entry(op=progress.op, domain=progress.domain, uuid=progress.uuid,
+                             verdict="error", **kw)
+    if refuse:
+        msg = (f"memlock-guard could not check domain {progress.domain!r} ({why}); "
+               f"the policy's on-error is refuse, so it is refused. Fix the problem, or set "
+               f"<on-error>allow</on-error> in the policy to let starts through meanwhile.")
+        return Answer(EXIT_REFUSE, record, "", msg)
+    msg = (f"memlock-guard could not check domain {progress.domain!r} ({why}); "
+           f"letting it through unchecked because the policy's on-error is allow.")
+    return Answer(EXIT_OK, record, "", msg)
 
 
 def describe(e: BaseException, deadline: float) -> str:
@@ -314,7 +340,6 @@ class _Deadline:
         code = EXIT_REFUSE if self.progress.on_error == "refuse" else EXIT_OK
         try:
             from . import audit
-            from .hook_decision import failed
 
             outcome = failed(self.progress, f"step stuck past the hook's "
                                             f"{self.seconds:g} s deadline")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from . import audit
 from . import policy as pol
 from .errors import InputError
-from .hook import Progress
+from .hook import Progress, failed
 
 if TYPE_CHECKING:
     from lxml import etree
@@ -86,8 +86,9 @@ def judge(op: str, report: Report, p: Policy, root: etree._Element,
     if v.outcome is not Verdict.SHORT:
         if excluded:
             # The plugins left out could only have added bytes: a fit is not proven.
-            return failed(progress, "third-party plugin(s) left out of the ledger: "
-                          + "; ".join(excluded), report=report)
+            a = failed(progress, "third-party plugin(s) left out of the ledger: "
+                       + "; ".join(excluded), report=report)
+            return Outcome(a.exit_code, a.record, a.stdout, a.stderr)
         action = "allow" if op == "prepare" else "keep"
         return Outcome(EXIT_OK, audit.from_report(op, report, action=action, policy=p.origin),
                        cacheable=True)
@@ -120,27 +121,6 @@ def judge(op: str, report: Report, p: Policy, root: etree._Element,
     return Outcome(EXIT_OK, audit.from_report(op, report, action="adjust", policy=p.origin,
                                               hard_limit_from=before, hard_limit_to=target),
                    stdout=xml if xml.endswith("\n") else xml + "\n", cacheable=True)
-
-
-def failed(progress: Progress, why: str, *, report: Report | None = None) -> Outcome:
-    """The on-error outcome: allow (loudly) or refuse, as the policy says."""
-    refuse = progress.on_error == "refuse"
-    action = "refuse" if refuse else ("allow" if progress.op == "prepare" else "keep")
-    kw: dict[str, Any] = {"action": action, "policy": progress.policy_origin, "error": why}
-    if report is not None:
-        record = audit.from_report(progress.op, report, **kw)
-        record["verdict"] = "error"
-    else:
-        record = audit.entry(op=progress.op, domain=progress.domain, uuid=progress.uuid,
-                             verdict="error", **kw)
-    if refuse:
-        msg = (f"memlock-guard could not check domain {progress.domain!r} ({why}); "
-               f"the policy's on-error is refuse, so it is refused. Fix the problem, or set "
-               f"<on-error>allow</on-error> in the policy to let starts through meanwhile.")
-        return Outcome(EXIT_REFUSE, record, stderr=msg)
-    msg = (f"memlock-guard could not check domain {progress.domain!r} ({why}); "
-           f"letting it through unchecked because the policy's on-error is allow.")
-    return Outcome(EXIT_OK, record, stderr=msg)
 
 
 # -- the refusal paragraph --------------------------------------------------------------

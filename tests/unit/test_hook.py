@@ -339,6 +339,23 @@ def test_an_internal_error_is_one_line_not_a_traceback(env: Env,
     assert "internal error: ZeroDivisionError" in r.stderr and "Traceback" not in r.stderr
 
 
+NO_LXML = textwrap.dedent("""
+    import io, sys
+    sys.modules["lxml"] = sys.modules["lxml.etree"] = None  # any import of it fails
+    from memlock_guard import hook
+    sys.exit(hook.run(["vm", "prepare", "begin", "-"], stdin=io.BytesIO(b"<domain/>"),
+                      policy_path=sys.argv[1], facts_path=None, use_syslog=False))
+""")
+
+
+def test_a_missing_dependency_still_gets_the_on_error_outcome(env: Env):
+    env.policy.write_text(f'<policy xmlns="{NS}"><on-error>refuse</on-error></policy>')
+    p = subprocess.run([sys.executable, "-c", NO_LXML, str(env.policy)],
+                       capture_output=True, timeout=60)
+    assert p.returncode == 1 and b"Traceback" not in p.stderr
+    assert b"could not check domain 'vm' (internal error: ModuleNotFoundError" in p.stderr
+
+
 def test_an_unwritable_audit_log_does_not_change_the_decision(env: Env):
     env.policy.write_text(f'<policy xmlns="{NS}"><mode>strict</mode>'
                           f"<audit-log>/proc/self/no/such/audit.jsonl</audit-log></policy>")
