@@ -28,7 +28,9 @@ def check_report(doc: dict[str, Any]) -> None:
     VALIDATOR.validate(doc)
     for item in doc["items"]:
         assert item["charged_bytes"] == item["bytes"] * item["containers"], item
-        assert item["containers"] == doc["containers"]["count"], item
+        # Every container maps the whole address space; an estimator may only lower
+        # the count for a mapping some containers skip.
+        assert item["containers"] <= doc["containers"]["count"], item
     assert doc["containers"]["count"] == len(doc["containers"]["reasons"])
     req = doc["required_bytes"]
     assert req["strict"] >= req["tolerant"]
