@@ -654,7 +654,9 @@ def measure_boot(target: Target, *, settle: float = 3.0, timeout: float = 60.0,
     """Start the shut-off domain paused, follow its firmware, then DESTROY it.
 
     Sampling stops once nothing has changed (no flat-view difference, no traced BAR
-    event) for ``settle`` seconds, or after ``timeout`` seconds.
+    event) for ``settle`` seconds, or after ``timeout`` seconds. Under SeaBIOS the
+    quiet period only starts once POST is over (``post_finished``): SeaBIOS can be
+    silent for seconds between programming the BARs and running the option ROMs.
     """
     if target.is_active():
         raise MeasureError(f"domain {target.name} is running: --boot starts it itself "
@@ -671,6 +673,11 @@ def measure_boot(target: Target, *, settle: float = 3.0, timeout: float = 60.0,
         traced = _enable_trace(target, warnings)
         samples = [_sample(target, guest_ram, clock)]
         pre_firmware = samples[0].snapshot.non_ram_bytes
+        # pc.bios mapped below 1 MiB before the first instruction: a -bios ROM image
+        # (SeaBIOS), which write-protects its shadow when POST ends.
+        seabios = any(m.region == "pc.bios" and m.start < 0x100000
+                      for m in samples[0].snapshot.non_ram)
+        post_done = not seabios
         log = _LogTail(target.log_path, log_offset) if traced else None
         target.resume()
         resumed = last_change = clock()
@@ -679,10 +686,17 @@ def measure_boot(target: Target, *, settle: float = 3.0, timeout: float = 60.0,
             if s.snapshot.mappings != samples[-1].snapshot.mappings:
                 last_change = s.t1
             samples.append(s)
+            if not post_done and post_finished(s.snapshot):
+                post_done, last_change = True, s.t1
             if log is not None and log.grew():
                 last_change = clock()
             now = clock()
-            if now - last_change >= settle or now - resumed >= timeout:
+            if now - resumed >= timeout:
+                if not post_done:
+                    warnings.append(f"SeaBIOS had not finished POST after {timeout:g} s: "
+                                    "the boot may not have been followed to its end")
+                break
+            if post_done and now - last_change >= settle:
                 break
         duration = clock() - resumed
         ramblocks = parse_ramblocks(target.hmp("info ramblock"))
@@ -704,6 +718,12 @@ def measure_boot(target: Target, *, settle: float = 3.0, timeout: float = 60.0,
                        pre_firmware_bytes=pre_firmware, final_bytes=last.non_ram_bytes,
                        roms=tuple(b for b in bars if b.is_rom and counts(b.device)),
                        warnings=tuple(warnings), notes=peak.notes)
+
+
+def post_finished(snap: Snapshot) -> bool:
+    """SeaBIOS is done with POST (option ROMs included): it has write-protected its
+    shadow copy, so guest RAM below 1 MiB shows as ``rom`` (make_bios_readonly)."""
+    return any(m.guest_ram and m.type == "rom" and m.start < 0x100000 for m in snap.mappings)
 
 
 def _sample(target: Target, guest_ram: frozenset[str], clock: Callable[[], float]) -> Sample:

@@ -77,6 +77,13 @@ def test_ovmf_pflash_is_romd_and_not_mapped():
         ("vga.vram", 16 * MiB)])
 
 
+def test_post_finished_when_seabios_write_protects_its_shadow():
+    assert not measure.post_finished(
+        measure.snapshot(data("q35-seabios-paused.mtree-f.txt"), SEABIOS_RAM))
+    assert measure.post_finished(
+        measure.snapshot(data("q35-qxl-vram64.mtree-f.txt"), SEABIOS_RAM))
+
+
 def test_memory_backends_from_info_memdev_are_guest_ram():
     memdevs = measure.parse_memdevs(data("q35-dimm.memdev.txt"))
     assert memdevs == ("memdimm0", "ram-node0")

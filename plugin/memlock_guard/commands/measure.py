@@ -28,7 +28,8 @@ and SeaBIOS's isa-bios alias and pc.rom vanish right after the first instruction
 --boot follows a boot to find the peak. It STARTS THE SHUT-OFF DOMAIN ITSELF, paused,
 turns on QEMU's pci_update_mappings trace events (written to the domain's libvirt log,
 which must be readable here), resumes it, samples the flat view until nothing has
-changed for --settle seconds (at most --timeout), and then DESTROYS the domain (a
+changed for --settle seconds (under SeaBIOS: counted from the end of POST, when it
+write-protects its shadow), at most --timeout seconds, and then DESTROYS the domain (a
 hard power-off). The guest's firmware may begin to boot its OS in that window: use a
 test definition or a VM you may power-cycle. A running domain is refused, never
 stopped. Libvirt hooks run at that start as they would at any other.
