@@ -18,8 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .fastinit import fast_init
-
 
 class Backing(StrEnum):
     ANON = "anon"  # guest RAM, memory devices: written, so always real pages
@@ -47,7 +45,6 @@ class Mode(StrEnum):
     AUTO = "auto"  # decide from the host
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class Exposure:
     source: str  # e.g. "video0 qxl-vga ram BAR0"
@@ -68,7 +65,6 @@ class Exposure:
         return self.window is not None
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class LedgerItem:
     source: str
@@ -91,7 +87,6 @@ class LedgerItem:
         return self.bytes * self.containers
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class Ledger:
     items: tuple[LedgerItem, ...]

@@ -673,10 +673,7 @@ def measure_boot(target: Target, *, settle: float = 3.0, timeout: float = 60.0,
         traced = _enable_trace(target, warnings)
         samples = [_sample(target, guest_ram, clock)]
         pre_firmware = samples[0].snapshot.non_ram_bytes
-        # pc.bios mapped below 1 MiB before the first instruction: a -bios ROM image
-        # (SeaBIOS), which write-protects its shadow when POST ends.
-        seabios = any(m.region == "pc.bios" and m.start < 0x100000
-                      for m in samples[0].snapshot.non_ram)
+        seabios = looks_like_seabios(samples[0].snapshot)
         post_done = not seabios
         log = _LogTail(target.log_path, log_offset) if traced else None
         target.resume()
@@ -718,6 +715,13 @@ def measure_boot(target: Target, *, settle: float = 3.0, timeout: float = 60.0,
                        pre_firmware_bytes=pre_firmware, final_bytes=last.non_ram_bytes,
                        roms=tuple(b for b in bars if b.is_rom and counts(b.device)),
                        warnings=tuple(warnings), notes=peak.notes)
+
+
+def looks_like_seabios(pre_firmware: Snapshot) -> bool:
+    """Before the first instruction: a ``-bios`` image of at most 256 KiB at the top of
+    4 GiB (SeaBIOS; OVMF as -bios is megabytes, OVMF as pflash is no pc.bios at all)."""
+    return any(m.region == "pc.bios" and m.end == 0xFFFFFFFF and m.size <= 256 * 1024
+               for m in pre_firmware.non_ram)
 
 
 def post_finished(snap: Snapshot) -> bool:

@@ -15,7 +15,6 @@ from .baselines.kubevirt import KubevirtLimit, kubevirt_limit
 from .baselines.libvirt import LibvirtLimit, libvirt_limit
 from .domain import Domain
 from .engine import build_ledger
-from .fastinit import fast_init
 from .footprint import qemu_footprint
 from .host import HostFacts
 from .ledger import Ledger, Mode
@@ -26,7 +25,6 @@ from .verdict import EffectiveLimit, Verdict, judge
 DEFAULT_MARGIN = 64 * MiB
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class Settings:
     mode: Mode = Mode.AUTO
@@ -37,7 +35,6 @@ class Settings:
     platform: str = "libvirt"  # libvirt | kubevirt: whose rule sets QEMU's limit
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class Report:
     domain: Domain

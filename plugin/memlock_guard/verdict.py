@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .fastinit import fast_init
 from .ledger import Ledger, Mode
 from .units import MiB, round_up
 
@@ -19,7 +18,6 @@ class Outcome(StrEnum):
     UNLIMITED = "unlimited"
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class EffectiveLimit:
     bytes: int | None  # None: unlimited
@@ -27,7 +25,6 @@ class EffectiveLimit:
     explanation: str
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class Verdict:
     mode: Mode  # strict or tolerant (auto already resolved)

@@ -312,6 +312,10 @@ class Watcher:
         except MemlockGuardError as e:
             self._error(dom, trigger, str(e), judge)
             return
+        except Exception as e:  # a bug must cost one domain, not the reconciler
+            log.exception("internal error on %s", uuid)
+            self._error(dom, trigger, f"internal error: {type(e).__name__}: {e}", judge)
+            return
         if out.result is None or not out.result.changed:
             log.debug("%s: %s (%s)", name, out.result.plan.reason if out.result else
                       out.skipped, trigger)

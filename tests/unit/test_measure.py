@@ -77,6 +77,15 @@ def test_ovmf_pflash_is_romd_and_not_mapped():
         ("vga.vram", 16 * MiB)])
 
 
+def test_seabios_is_told_from_ovmf_before_the_first_instruction():
+    assert measure.looks_like_seabios(
+        measure.snapshot(data("q35-seabios-paused.mtree-f.txt"), SEABIOS_RAM))
+    assert not measure.looks_like_seabios(
+        measure.snapshot(data("q35-ovmf-tcg.mtree-f.txt"), SEABIOS_RAM))
+    ovmf_as_bios = Snapshot((Mapping(0xFFE00000, 2 * MiB, "rom", "pc.bios", None, False),))
+    assert not measure.looks_like_seabios(ovmf_as_bios)
+
+
 def test_post_finished_when_seabios_write_protects_its_shadow():
     assert not measure.post_finished(
         measure.snapshot(data("q35-seabios-paused.mtree-f.txt"), SEABIOS_RAM))

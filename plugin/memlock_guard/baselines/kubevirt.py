@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..domain import Domain
-from ..fastinit import fast_init
 from ..units import GiB, MiB
 
 KNOWN_VERSIONS = ("1.0", "1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "1.7", "1.8", "1.9", "main")
@@ -26,7 +25,6 @@ DEFAULT_VERSION = "1.9"
 FIXED = (25 + 100 + 25 + 40 + 30) * MiB
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class KubevirtLimit:
     version: str

@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..domain import Domain
-from ..fastinit import fast_init
 from ..units import GiB, KiB, MiB, round_up
 
 # VIR_DOMAIN_MEMORY_PARAM_UNLIMITED (INT64_MAX >> 10), in the units libvirt keeps it.
@@ -27,7 +26,6 @@ LIBVIRT_UNLIMITED = 9007199254740991
 LATEST = (12, 2, 0)  # the newest libvirt whose rules this module knows (unchanged since 9.3)
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class LibvirtLimit:
     version: tuple[int, int, int]

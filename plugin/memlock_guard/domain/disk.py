@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..fastinit import fast_init
 from .xmlmap import Element, attr, first_in
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class Disk:
     type: str | None

@@ -6,13 +6,11 @@ import functools
 import re
 from dataclasses import dataclass
 
-from ..fastinit import fast_init
 from .xmlmap import Element, attr, attr_of, first_in, group, switch, text
 
 _VERSIONED = re.compile(r"-(\d+)\.(\d+)(?:$|[.-])")
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class Machine:
     name: str | None  # as written: pc-q35-7.2, q35, pc, pseries-8.0, virt ...
@@ -51,7 +49,6 @@ def _machine_family(name: str | None) -> str:
     return "other"
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class Firmware:
     autoselect: str | None  # <os firmware='efi|bios'>

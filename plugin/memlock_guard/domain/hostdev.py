@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..fastinit import fast_init
 from .rom import Rom
 from .xmlmap import Element, attr, first_in, group, one
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class Hostdev:
     mode: str | None  # subsystem | capabilities

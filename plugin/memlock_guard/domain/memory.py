@@ -5,12 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import InputError
-from ..fastinit import fast_init
 from ..units import MAX_MEMORY_BYTES, parse_scaled
 from .xmlmap import Element, Kids, attr, first, first_attr_in, first_in, group, one, scaled
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class MemoryDevice:
     model: str  # dimm | nvdimm | virtio-pmem | virtio-mem | sgx-epc
@@ -30,7 +28,6 @@ class MemoryDevice:
         return cls(model=model, size=size, alias=attr(el, "name", "alias"))
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class Memtune:
     hard_limit: int | None = None  # bytes
@@ -54,7 +51,6 @@ class Memtune:
         )
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class MemoryBacking:
     locked: bool = False

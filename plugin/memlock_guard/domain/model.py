@@ -8,7 +8,6 @@ from lxml import etree
 
 from .. import xmlsafe
 from ..errors import InputError
-from ..fastinit import fast_init
 from .controller import Controller, pci_number
 from .disk import Disk
 from .firmware import Firmware, Machine
@@ -36,7 +35,6 @@ POLICY_NS = "urn:memlock-guard:policy:1"
 MAX_DEVICES = 10_000
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class Domain:
     name: str

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..fastinit import fast_init
 from .xmlmap import Element, Kids, attr, group, one, switch
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class Rom:
     bar: bool | None = None  # <rom bar='on|off'>

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..fastinit import fast_init
 from .xmlmap import Element, attr, count, first_in, group, kib_attr, one, switch
 
 _VIRTIO_DEFAULT_ARCHES = ("armv6l", "armv7l", "armv7b", "aarch64", "riscv32", "riscv64",
                           "loongarch64")
 
 
-@fast_init
 @dataclass(frozen=True, slots=True)
 class Video:
     model: str | None  # vga | cirrus | qxl | bochs | virtio | vmvga | ramfb | none | ...
