@@ -315,6 +315,15 @@ CASES: tuple[Case, ...] = (
     Case("memory-device-without-size", _value(domain(
         "<memory model='dimm'><target><node>0</node></target></memory>"), "dimm"),
         message="has no <target><size>"),
+    # Duplicates, as libvirt 9.0 reads them (docs/sources.md section 6): the first
+    # <memory> wins; the hostdevs of every <devices> block count.
+    Case("duplicate-memory", _value(_mem("<memory unit='GiB'>4</memory>"
+                                         "<memory unit='GiB'>64</memory>"), "dup-memory"),
+         exit=0, message="4 GiB memory"),
+    Case("duplicate-devices-blocks", _value(domain(hostdevs(1)).replace(
+        "</devices>", "</devices><devices>" + hostdevs(2)[len(hostdevs(1)):]
+        + "<iommu model='intel'/></devices>"), "dup-devices"),
+         exit=0, message="containers: 2 (VFIO"),
     Case("10000-qxl-cards", _value(domain(
         "<video><model type='qxl' ram='65536' vram='65536' vgamem='16384'/></video>" * 9_999
         + "<iommu model='intel'/>"), "qxl"), exit=0, message="hostile"),
