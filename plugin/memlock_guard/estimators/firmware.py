@@ -9,7 +9,8 @@ pflash is a ROM *device*, which VFIO skips, but QEMU before 9.1 (and machine typ
 
 Measured on QEMU 7.2: SeaBIOS shadows itself into RAM (PAM) within milliseconds, so
 its isa-bios alias and pc.rom are mapped only before that ("pre-firmware" window);
-under OVMF the isa-bios copy and pc.rom stay mapped.
+under OVMF (pflash, or OVMF.fd as a -bios ROM) the isa-bios copy or alias and pc.rom
+stay mapped.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from ..units import KiB, MiB
 ISA_BIOS_MAX = 128 * KiB
 PC_ROM_SIZE = 128 * KiB  # PC_ROM_SIZE in hw/i386/pc.c
 PC_FAMILIES = ("q35", "i440fx", "isapc")
+# -bios images that are SeaBIOS (Debian's /usr/share/seabios, QEMU's pc-bios/).
+SEABIOS_IMAGES = ("bios.bin", "bios-256k.bin", "bios-microvm.bin")
 # Assumed when a -bios image cannot be read here (an OVMF.fd-sized image).
 UNKNOWN_BIOS_SIZE = 4 * MiB
 
@@ -36,8 +39,8 @@ def memlock_guard_exposures(domain: Domain, host: HostFacts) -> Iterable[Exposur
     family = domain.machine.family
     kind = domain.firmware.kind
     out: list[Exposure] = []
-    # SeaBIOS and -bios ROMs shadow themselves; OVMF leaves pc.rom mapped.
-    shadowed = Window.PRE_FIRMWARE if kind != "pflash" else None
+    # SeaBIOS shadows itself; OVMF (pflash or -bios) and unknown images leave both mapped.
+    shadowed = Window.PRE_FIRMWARE if _shadows_itself(domain) else None
     if kind == "pflash":
         if _pflash_has_isa_bios_copy(domain, host):
             out.append(Exposure("isa-bios (RAM copy of the pflash top)", ISA_BIOS_MAX,
@@ -64,6 +67,23 @@ def memlock_guard_exposures(domain: Domain, host: HostFacts) -> Iterable[Exposur
                             Backing.ZERO_FILL, readonly=True, kind=Kind.FIRMWARE,
                             window=shadowed, region="pre-firmware" if shadowed else None))
     return out
+
+
+def _shadows_itself(domain: Domain) -> bool:
+    """Whether the firmware unmaps isa-bios and pc.rom before any ROM BAR is mapped.
+
+    SeaBIOS copies itself into RAM and switches PAM to RAM within ~20 ms. OVMF does
+    not: measured with OVMF.fd as ``<loader type='rom'>`` (QEMU 7.2, TCG), the
+    isa-bios alias and pc.rom were still mapped while the firmware mapped an e1000
+    ROM BAR. An image we cannot recognise as SeaBIOS is counted the same way.
+    """
+    fw = domain.firmware
+    if fw.kind == "seabios":
+        return True
+    if fw.kind == "rom":
+        path = (fw.loader_path or "bios-256k.bin").lower()
+        return _base(path) in SEABIOS_IMAGES or "seabios" in path
+    return False
 
 
 def _pflash_has_isa_bios_copy(domain: Domain, host: HostFacts) -> bool:
