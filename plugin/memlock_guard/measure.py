@@ -515,18 +515,17 @@ class LibvirtTarget:
     """Through libvirt-python: a monitor round trip takes ~2 ms, so sampling is dense."""
 
     def __init__(self, name: str, uri: str | None = None) -> None:
-        import libvirt  # type: ignore[import-untyped]
         import libvirt_qemu  # type: ignore[import-untyped]
 
-        self._libvirt: Any = libvirt
+        from . import libvirt_client as lc
+
+        self._libvirt: Any = lc.require_libvirt()
         self._qemu: Any = libvirt_qemu
-        try:
-            self._conn: Any = libvirt.open(uri)
-            self._dom: Any = self._conn.lookupByName(name)
-        except libvirt.libvirtError as e:
-            raise MeasureError(_libvirt_message(e)) from None
-        self.name = name
-        self.log_path = default_log_path(uri, name)
+        uri = uri or lc.DEFAULT_URI
+        self._conn: Any = lc.connect(uri)  # retried while the daemon is absent
+        self._dom: Any = lc.lookup(self._conn, name)  # by name, UUID or id
+        self.name = str(self._dom.name())
+        self.log_path = default_log_path(uri, self.name)
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         try:
@@ -606,10 +605,10 @@ class VirshTarget:
 
 
 def open_target(name: str, uri: str | None = None) -> Target:
-    """libvirt-python when importable, else virsh."""
-    try:
-        import libvirt  # noqa: F401
-    except ImportError:
+    """libvirt-python when importable (with tenacity, as the other verbs), else virsh."""
+    from importlib.util import find_spec
+
+    if find_spec("libvirt_qemu") is None or find_spec("tenacity") is None:
         return VirshTarget(name, uri)
     return LibvirtTarget(name, uri)
 

@@ -426,3 +426,8 @@ def test_help_text_mentions_destroy(capsys):
         main(["measure", "--help"])
     out = capsys.readouterr().out
     assert "--boot" in out and "DESTROYS" in out and "exit status" in out
+
+
+def test_settle_and_timeout_must_be_positive(capsys):
+    assert main(["measure", "vm1", "--boot", "--settle", "0"]) == 2
+    assert "--settle" in capsys.readouterr().err

@@ -47,9 +47,12 @@ domain could not be measured."""
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("domain", metavar="DOMAIN", help="libvirt domain name")
+    p.add_argument("domain", metavar="DOMAIN", help="libvirt domain name, UUID or id")
+    from .libvirt_common import CONNECT_HELP
+
     p.add_argument("--connect", "-c", metavar="URI", default=None,
-                   help="libvirt URI (default: libvirt's default, usually qemu:///system)")
+                   help=CONNECT_HELP + ". --boot needs the domain's QEMU log readable "
+                        "here (qemu:///system: /var/log/libvirt/qemu/NAME.log)")
     p.add_argument("--boot", action="store_true",
                    help="start the shut-off domain paused, follow its boot for the peak, "
                         "then destroy it (see above)")
