@@ -277,7 +277,9 @@ def _emit(outcome: Any, progress: Progress, stdout: IO[str], stderr: IO[str],
 
 
 def one_paragraph(text: str) -> str:
-    return " ".join(text.split())
+    """One line for virsh's error message. Names and addresses come from the domain XML,
+    so control characters (terminal escapes) are replaced, not passed to the terminal."""
+    return "".join(c if c.isprintable() else "?" for c in " ".join(text.split()))
 
 
 class _Deadline:

@@ -688,3 +688,11 @@ def test_syslog_summary_is_one_line():
     assert s == (f"prepare vm: refuse verdict=short mode=strict required={2 * GiB} "
                  f"limit={GiB} recommended_hard_limit={3 * GiB}")
     assert MiB  # keep the builders import honest for readers: sizes come from there
+
+
+def test_the_stderr_paragraph_carries_no_control_characters() -> None:
+    from memlock_guard.hook import one_paragraph
+
+    line = one_paragraph("domain 'vm\x1b[31m' needs\n\tmore\x07 memory")
+    assert "\x1b" not in line and "\x07" not in line and "\n" not in line
+    assert line == "domain 'vm?[31m' needs more? memory"
