@@ -35,6 +35,7 @@ from typing import Any
 from lxml import etree
 
 from . import __version__, xmlsafe
+from .baselines.libvirt import LIBVIRT_UNLIMITED
 from .errors import InputError
 from .ledger import Ledger
 from .report import Report
@@ -210,6 +211,12 @@ def apply_to_xml(xml_text: str, report: Report, *, name: str | None = None) -> R
     if p.action is Action.KEEP:
         return Result(p, old, old, "")
     assert p.new_hard_limit is not None
+    if p.new_hard_limit // KiB >= LIBVIRT_UNLIMITED:
+        # libvirt reads this value as "unlimited" and anything above as an overflow; no
+        # finite hard_limit covers such a domain, and writing "unlimited" is not ours to do.
+        raise InputError(f"{report.domain.name} would need a hard_limit of "
+                         f"{human(p.new_hard_limit)}, beyond the largest libvirt accepts "
+                         f"({human((LIBVIRT_UNLIMITED - 1) * KiB)}); not changed")
     _set_hard_limit(root, p.new_hard_limit, p.current_hard_limit)
     _set_provenance(root, Provenance(value_kib=p.new_hard_limit // KiB,
                                      mode=report.verdict.mode.value, version=__version__,

@@ -10,6 +10,7 @@ from lxml import etree
 from memlock_guard import apply as ap
 from memlock_guard import xmlsafe
 from memlock_guard.domain import parse_domain
+from memlock_guard.errors import InputError
 from memlock_guard.host import HostFacts
 from memlock_guard.ledger import Mode
 from memlock_guard.report import Report, Settings, assess
@@ -309,3 +310,10 @@ def test_examples_round_trip_through_apply(pinned_host: HostFacts) -> None:
         res = run(xml, pinned_host)
         assert without_ours(res.new_xml) == without_ours(xml), path.name
         assert not run(res.new_xml, pinned_host).changed, path.name
+
+
+def test_a_limit_libvirt_cannot_hold_is_an_error_not_an_edit(pinned_host: HostFacts) -> None:
+    # libvirt's own corpus has such a domain (memory-align-fail: 8 EiB of memory).
+    huge = SHORT_XML.replace("<memory unit='KiB'>4194304", "<memory unit='KiB'>9007199254740000")
+    with pytest.raises(InputError, match="beyond the largest libvirt accepts"):
+        run(huge, pinned_host)
