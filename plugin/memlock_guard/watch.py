@@ -10,9 +10,9 @@ What triggers a reconcile (reconcile.reconcile, the same rules as ``apply``):
   edited while the VM ran becomes the persistent one when it stops);
 - device added / removed, and metadata changes (``virsh metadata`` can change the
   domain's policy override);
-- a resync of every persistent domain at start, after every reconnect, and every
-  ``resync_interval`` seconds: ``virsh attach-device --config`` and ``virsh memtune
-  --config`` emit no event at all (checked on libvirt 9.0).
+- a resync of every persistent domain at start, after every reconnect, when the policy
+  file changes, and every ``resync_interval`` seconds: ``virsh attach-device --config``
+  and ``virsh memtune --config`` emit no event at all (checked on libvirt 9.0).
 
 Connection loss (libvirtd restart, crash, keepalive timeout) is seen by the close
 callback or by a failing call; the reconciler then reconnects with tenacity's
@@ -139,7 +139,7 @@ class Watcher:
         self.keepalive = keepalive
         self.queue: queue.Queue[Work] = queue.Queue()
         self.generation = 0
-        # uuid -> digest of the definition as libvirt stored it after our own define.
+        # uuid -> digest of the definition we last wrote.
         self._ours: dict[str, str] = {}
         # Counters for tests and the exit log line.
         self.stats = {"connects": 0, "resyncs": 0, "judged": 0, "raised": 0, "errors": 0}
@@ -236,8 +236,18 @@ class Watcher:
                 self.queue.put(Work("resync", trigger="interval", generation=gen))
                 next_resync = time.monotonic() + self.resync_interval
             try:
-                first = self.queue.get(timeout=0.5)
+                first: Work | None = self.queue.get(timeout=0.5)
             except queue.Empty:
+                first = None
+            # Checked after the wait, so work that arrives with a new policy file is
+            # judged under it.
+            if self.policy.refresh():
+                # Every domain may judge differently now (mode, margin): judge them all.
+                judge = dataclasses.replace(judge, policy=self.policy.current,
+                                            pm=policymod.plugin_manager(self.policy.current))
+                self._ours.clear()
+                self.queue.put(Work("resync", trigger="policy", generation=gen))
+            if first is None:
                 if not conn.isAlive():
                     return
                 continue
@@ -246,9 +256,6 @@ class Watcher:
                 closed = next(w for w in batch if w.kind == "closed")
                 log.warning("libvirt closed the connection (%s)", closed.trigger)
                 return
-            if self.policy.refresh():
-                judge = dataclasses.replace(judge, policy=self.policy.current,
-                                            pm=policymod.plugin_manager(self.policy.current))
             if any(w.kind == "resync" for w in batch):
                 trigger = next(w.trigger for w in batch if w.kind == "resync")
                 self._resync(conn, judge, trigger)
@@ -332,10 +339,11 @@ class Watcher:
                  (plan.new_hard_limit or 0) // 1024, plan.reason, trigger)
         if out.written:
             self.stats["raised"] += 1
-            try:
-                self._ours[uuid] = applymod.xml_digest(lc.persistent_xml(dom))
-            except MemlockGuardError:
-                self._ours.pop(uuid, None)
+            # The digest of the text we sent, not of a re-read: an edit landing right
+            # after our define must not be mistaken for ours. libvirt stores our text
+            # byte for byte (apply writes its layout); were it ever to differ, the guard
+            # would just not fire, and the judgement (idempotent) would keep it.
+            self._ours[uuid] = applymod.xml_digest(out.result.new_xml)
 
     def _error(self, dom: Any, trigger: str, message: str, judge: Judge) -> None:
         self.stats["errors"] += 1

@@ -156,3 +156,59 @@ def test_policy_file_changes_are_picked_up(td: Driver, pinned_host: HostFacts) -
     (rec,) = audit.read(str(td.audit_log))
     assert rec["policy"] == str(td.policy)
     assert rec["hard_limit_to"] >= rec["required"] + 1024 * 1024 * 1024
+
+
+def test_a_policy_override_set_with_virsh_metadata_is_acted_on(td: Driver,
+                                                              pinned_host: HostFacts) -> None:
+    """`virsh metadata … --config` sends METADATA_CHANGE, not DEFINED: a domain that
+    fits under tolerant accounting gets raised once its override asks for strict."""
+    import libvirt  # type: ignore[import-untyped]
+
+    td.policy.write_text('<policy xmlns="urn:memlock-guard:policy:1">'
+                         "<zero-page-allowance>unlimited</zero-page-allowance>"
+                         f"<audit-log>{td.audit_log}</audit-log></policy>")
+    probe = td.define(short_xml("mgt-w-meta"))
+    judge = Judge(policy=policymod.load(str(td.policy)), host=pinned_host, probe_files=False)
+    report, _ = judge(td.xml("mgt-w-meta"))
+    strict, tolerant = report.verdict.required_strict, report.verdict.required_tolerant
+    kib = -(-tolerant // 1024)
+    assert kib * 1024 < strict, "the domain needs a zero-fill tail for this test"
+    probe.setMemoryParameters({"hard_limit": kib}, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+
+    w = watcher(td, pinned_host, resync_interval=0)
+    with Running(w):
+        until("judged at start", lambda: w.stats["judged"] >= 1)
+        assert w.stats["raised"] == 0  # fits: the host policy resolves auto to tolerant
+        probe.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                          "<policy><mode>strict</mode></policy>", "mg",
+                          policymod.NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        until("raised after the override", lambda: w.stats["raised"] == 1)
+    (rec,) = audit.read(str(td.audit_log))
+    assert rec["trigger"] == f"metadata {policymod.NS}"
+    assert rec["mode"] == "strict" and rec["hard_limit_from"] == kib * 1024
+
+
+def test_a_policy_file_change_resyncs_every_domain(td: Driver, pinned_host: HostFacts) -> None:
+    """The operator switches the host policy from tolerant to strict: domains defined
+    long ago are judged again at once, not at the next event or periodic resync."""
+    import libvirt
+
+    td.policy.write_text('<policy xmlns="urn:memlock-guard:policy:1"><mode>tolerant</mode>'
+                         "<zero-page-allowance>unlimited</zero-page-allowance>"
+                         f"<audit-log>{td.audit_log}</audit-log></policy>")
+    dom = td.define(short_xml("mgt-w-host-policy"))
+    judge = Judge(policy=policymod.load(str(td.policy)), host=pinned_host, probe_files=False)
+    report, _ = judge(td.xml("mgt-w-host-policy"))
+    kib = -(-report.verdict.required_tolerant // 1024)
+    assert kib * 1024 < report.verdict.required_strict
+    dom.setMemoryParameters({"hard_limit": kib}, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+
+    w = watcher(td, pinned_host, resync_interval=0)
+    with Running(w):
+        until("judged at start", lambda: w.stats["judged"] >= 1)
+        assert w.stats["raised"] == 0
+        td.policy.write_text('<policy xmlns="urn:memlock-guard:policy:1"><mode>strict</mode>'
+                             f"<audit-log>{td.audit_log}</audit-log></policy>")
+        until("raised after the policy change", lambda: w.stats["raised"] == 1)
+    (rec,) = audit.read(str(td.audit_log))
+    assert rec["trigger"] == "resync/policy" and rec["mode"] == "strict"
