@@ -20,8 +20,8 @@ So 'virsh define' then 'virsh start' just works: by the time the VM starts, its
 <memtune><hard_limit> covers what VFIO will pin, and the hook lets it through.
 
 If libvirtd goes away (restart, upgrade), it reconnects with exponential backoff and
-jitter, then resyncs, so domains defined meanwhile are handled too. The policy file is
-re-read when it changes. Each raise is one JSON line in the policy's audit log (op
+jitter, then resyncs, so domains defined meanwhile are handled too. When the policy
+file changes, it is re-read and every domain is judged again. Each raise is one JSON line in the policy's audit log (op
 "watch", action "apply"); progress and errors go to stderr (the journal under systemd).
 
 examples:
