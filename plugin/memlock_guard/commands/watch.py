@@ -21,8 +21,9 @@ So 'virsh define' then 'virsh start' just works: by the time the VM starts, its
 
 If libvirtd goes away (restart, upgrade), it reconnects with exponential backoff and
 jitter, then resyncs, so domains defined meanwhile are handled too. When the policy
-file changes, it is re-read and every domain is judged again. Each raise is one JSON line in the policy's audit log (op
-"watch", action "apply"); progress and errors go to stderr (the journal under systemd).
+file changes, it is re-read and every domain is judged again. Each raise is one JSON
+line in the policy's audit log (op "watch", action "apply"); progress and errors go to
+stderr (the journal under systemd).
 
 examples:
   memlock-guard watch
