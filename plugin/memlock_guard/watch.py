@@ -186,12 +186,18 @@ class Watcher:
                 raise
             self.generation += 1
             self.stats["connects"] += 1
+            lv = lc.require_libvirt()
             try:
                 self._subscribe(conn, self.generation)
                 log.info("connected to %s; watching domain definitions", self.uri)
                 self._serve(conn, self.generation, stop)
-            except MemlockGuardError as e:
+            except lc.LibvirtUnreachable as e:
                 log.warning("lost libvirt: %s", e)
+            except (MemlockGuardError, lv.libvirtError) as e:
+                # Not a lost connection (host facts unreadable, a call refused): start
+                # over, but after a pause, so a lasting cause cannot make us spin.
+                log.error("cannot watch %s: %s", self.uri, lc.one_line(e))
+                stop.wait(self.backoff.maximum)
             finally:
                 self._disconnect(conn)
             if not stop.is_set():

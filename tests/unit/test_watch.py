@@ -212,3 +212,19 @@ def test_a_policy_file_change_resyncs_every_domain(td: Driver, pinned_host: Host
         until("raised after the policy change", lambda: w.stats["raised"] == 1)
     (rec,) = audit.read(str(td.audit_log))
     assert rec["trigger"] == "resync/policy" and rec["mode"] == "strict"
+
+
+def test_a_lasting_failure_does_not_spin(td: Driver) -> None:
+    """Host facts that cannot be read (say) fail every connection: watch logs, pauses
+    and tries again, instead of reconnecting in a tight loop."""
+    from memlock_guard import libvirt_client as lc
+    from memlock_guard.errors import InputError
+
+    def broken(_conn: Any, _pol: policymod.Policy) -> Judge:
+        raise InputError("cannot read host facts /nonexistent: No such file or directory")
+
+    w = Watcher(URI, PolicySource(str(td.policy), named=True), broken,
+                backoff=lc.Backoff(initial=0.05, maximum=0.2, jitter=0.0, give_up_after=None))
+    with Running(w):
+        time.sleep(1.0)
+    assert 2 <= w.stats["connects"] <= 8

@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         if args.format == "json":
             print(json.dumps([r.data for r in rows], indent=2))
+        elif not rows:
+            print(f"no domains on {uri(args)}")
         else:
             print(_table(rows))
     if any(r.error for r in rows):

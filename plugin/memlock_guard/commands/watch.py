@@ -71,10 +71,14 @@ def run(args: argparse.Namespace) -> int:
                         else logging.INFO, format="memlock-guard watch: %(message)s")
     path, named = policymod.policy_path(args.policy)
     source = PolicySource(path, named)  # an unusable policy at start: exit 2 at once
-    # Parse the judgement options now, so a typo fails before we wait on libvirt.
+    # Parse the judgement options and the host-facts file now, so a typo fails at once
+    # (exit 2) instead of at every reconnect.
+    from .. import host as hostmod
     from .libvirt_common import overrides
 
     overrides(args)
+    if args.host_facts:
+        hostmod.load_override(args.host_facts)
 
     stop = threading.Event()
 
