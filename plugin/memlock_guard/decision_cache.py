@@ -33,17 +33,17 @@ import os
 import re
 import stat
 
+from . import host_sources
+
 TYPE_CHECKING = False  # typing costs a few ms on the path this module exists to shorten
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import Any
 
-# Mirrors of host.py (DEFAULT_DATA_DIRS, _ROM_SUFFIXES, _inherited_memlock's pidfiles).
-DATA_DIRS = ("/usr/share/qemu", "/usr/share/seabios", "/usr/lib/ipxe/qemu",
-             "/usr/share/ipxe/qemu", "/usr/share/qemu-kvm")
-ROM_SUFFIXES = (".bin", ".rom", ".fd")
-PIDFILES = ("/run/libvirt/virtqemud.pid", "/run/libvirtd.pid", "/var/run/libvirtd.pid")
-MODULES = ("vfio_iommu_type1", "iommufd")
+# What host.py reads, from the same place (host_sources is standard library only).
+DATA_DIRS = host_sources.DATA_DIRS
+ROM_SUFFIXES = host_sources.ROM_SUFFIXES
+MODULES = host_sources.MODULES
 MAX_ENTRIES = 512
 MAX_INPUT = 256 * 1024  # policy and facts files; bigger ones are not cached
 FORMAT = b"memlock-guard decision cache 1"
@@ -205,19 +205,7 @@ def _code_signature() -> str:
 
 
 def _module_params(module: str) -> str:
-    base = f"/sys/module/{module}/parameters"
-    try:
-        names = sorted(os.listdir(base))
-    except OSError:
-        return ""
-    out = []
-    for n in names:
-        try:
-            with open(os.path.join(base, n)) as f:
-                out.append(f"{n}={f.read(256).strip()}")
-        except OSError:
-            out.append(f"{n}?")
-    return "\n".join(out)
+    return "\n".join(f"{n}={v}" for n, v in host_sources.module_params(module))
 
 
 def _data_dirs(facts: bytes | None) -> tuple[str, ...]:
@@ -249,16 +237,9 @@ def _rom_listing(dirs: Iterable[str]) -> str:
 
 
 def _inherited_memlock() -> str:
-    for pidfile in PIDFILES:
-        try:
-            with open(pidfile) as f:
-                pid = int(f.read(32).strip())
-            with open(f"/proc/{pid}/limits") as f:
-                for line in f:
-                    if line.startswith("Max locked memory"):
-                        return f"{pidfile}:{line.split()[3]}"
-        except (OSError, ValueError, IndexError):
-            continue
+    found = host_sources.libvirtd_memlock()
+    if found is not None:
+        return f"{found[0]}:{found[1]}"
     import resource
 
     return f"self:{resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]}"

@@ -16,17 +16,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import host_sources
 from .errors import InputError
 
-# Debian/Ubuntu build QEMU with --firmwarepath listing these three; Fedora/RHEL ship
-# everything under /usr/share/qemu (with symlinks into /usr/share/seabios, ipxe ...).
-DEFAULT_DATA_DIRS = (
-    "/usr/share/qemu",
-    "/usr/share/seabios",
-    "/usr/lib/ipxe/qemu",
-    "/usr/share/ipxe/qemu",
-    "/usr/share/qemu-kvm",
-)
+DEFAULT_DATA_DIRS = host_sources.DATA_DIRS
 
 # Sizes of the ROM images we account for, used when the host has no such file.
 # Source: Debian 12 "bookworm" packages qemu-system-data 1:7.2+dfsg-7, seabios 1.16.2,
@@ -56,7 +49,7 @@ DEFAULT_ROM_SIZES: Mapping[str, int] = {
     "OVMF_CODE_4M.fd": 3653632,
 }
 
-_ROM_SUFFIXES = (".bin", ".rom", ".fd")
+_ROM_SUFFIXES = host_sources.ROM_SUFFIXES
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,19 +184,7 @@ def _probe(extra_files: Iterable[str], probe_qemu: bool, probe_libvirt: bool,
 
 
 def _module_params(module: str) -> tuple[tuple[str, str], ...]:
-    base = f"/sys/module/{module}/parameters"
-    try:
-        names = sorted(os.listdir(base))
-    except OSError:
-        return ()
-    out = []
-    for n in names:
-        try:
-            with open(os.path.join(base, n)) as f:
-                out.append((n, f.read(256).strip()))
-        except OSError:
-            continue
-    return tuple(out)
+    return tuple(host_sources.module_params(module))
 
 
 def _rom_files(dirs: Iterable[str], extra: Iterable[str]) -> tuple[tuple[str, int], ...]:
@@ -268,17 +249,13 @@ def _libvirt_version() -> tuple[int, int, int] | None:
 
 def _inherited_memlock() -> int | None:
     """RLIMIT_MEMLOCK of the running libvirt daemon, which QEMU inherits; else our own."""
-    for pidfile in ("/run/libvirt/virtqemud.pid", "/run/libvirtd.pid", "/var/run/libvirtd.pid"):
-        try:
-            with open(pidfile) as f:
-                pid = int(f.read(32).strip())
-            with open(f"/proc/{pid}/limits") as f:
-                for line in f:
-                    if line.startswith("Max locked memory"):
-                        field = line.split()[3]
-                        return None if field == "unlimited" else int(field)
-        except (OSError, ValueError, IndexError):
-            continue
+    found = host_sources.libvirtd_memlock()
+    if found is not None:
+        field = found[1]
+        if field == "unlimited":
+            return None
+        if field.isdigit():
+            return int(field)
     soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     return None if soft == resource.RLIM_INFINITY else int(soft)
 
