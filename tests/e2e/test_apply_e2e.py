@@ -18,38 +18,13 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
+from ..apply_support import APPLIED_NS, SHORT_DOMAIN, without_ours
 from ..conftest import CORPUS, EXAMPLES
 from .conftest import URI, Libvirtd, domain_type, unique_name
 
 pytestmark = pytest.mark.e2e
 
-APPLIED_NS = "urn:memlock-guard:applied:1"
 
-# Short under libvirt 9.0: a VFIO hostdev and an NVMe disk are two containers (8 GiB
-# pinned), and libvirt before 9.3 leaves NVMe out of its 1 x memory + 1 GiB.
-SHORT = """\
-<domain type='{type}'>
-  <name>{name}</name>
-  <description>{description}</description>
-  <memory unit='GiB'>4</memory>
-  <vcpu>2</vcpu>
-  <os><type arch='x86_64' machine='q35'>hvm</type></os>
-  <features><acpi/></features>
-  <devices>
-    <disk type='nvme' device='disk'>
-      <driver name='qemu' type='raw'/>
-      <source type='pci' managed='yes' namespace='1'>
-        <address domain='0x0000' bus='0x02' slot='0x00' function='0x0'/>
-      </source>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <hostdev mode='subsystem' type='pci' managed='yes'>
-      <source><address domain='0x0000' bus='0x04' slot='0x00' function='0x0'/></source>
-    </hostdev>
-    <graphics type='vnc' passwd='s3cret'/>
-  </devices>
-</domain>
-"""
 
 # What the corpus test adds to each XML so that apply has something to do: a VFIO
 # device (so memory is pinned) and a hard_limit far too small for it.
@@ -60,7 +35,7 @@ TINY_HARD_LIMIT = "<hard_limit unit='KiB'>1024</hard_limit>"
 
 
 def short_xml(name: str, description: str = "original") -> str:
-    return SHORT.format(type=domain_type(), name=name, description=description)
+    return SHORT_DOMAIN.format(type=domain_type(), name=name, description=description)
 
 
 def policy_file(tmp_path: Path) -> Path:
@@ -78,31 +53,6 @@ def mg(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.Completed
 
 def dumpxml(lv: Libvirtd, name: str) -> str:
     return lv.virsh("dumpxml", "--inactive", "--security-info", name).stdout
-
-
-def stripped(xml: str) -> bytes:
-    """Canonical XML without hard_limit/swap_hard_limit and our <metadata> child (the only
-    things apply may change); blank text is dropped so re-indentation does not count."""
-    root = etree.fromstring(xml.encode())
-    memtune = root.find("memtune")
-    if memtune is not None:
-        for tag in ("hard_limit", "swap_hard_limit"):
-            for el in memtune.findall(tag):
-                memtune.remove(el)
-        if len(memtune) == 0:
-            root.remove(memtune)
-    md = root.find("metadata")
-    if md is not None:
-        for child in md.findall(f"{{{APPLIED_NS}}}*"):
-            md.remove(child)
-        if len(md) == 0:
-            root.remove(md)
-    for el in root.iter():
-        if el.text is not None and not el.text.strip():
-            el.text = None
-        if el.tail is not None and not el.tail.strip():
-            el.tail = None
-    return etree.tostring(root, method="c14n")
 
 
 def hard_limit_kib(xml: str) -> int | None:
@@ -243,7 +193,7 @@ def test_no_data_lost_across_the_corpus(libvirtd: Libvirtd, tmp_path: Path) -> N
         if res["action"] != "raise" or not res["written"]:
             problems.append(f"{source}: {res['action']} ({res.get('reason')})")
             continue
-        if stripped(after) != stripped(before):
+        if without_ours(after) != without_ours(before):
             problems.append(f"{source}: more than memtune and our metadata changed")
             continue
         real = "".join(difflib.unified_diff(

@@ -15,6 +15,7 @@ from memlock_guard.host import HostFacts
 from memlock_guard.ledger import Mode
 from memlock_guard.report import Report, Settings, assess
 
+from ..apply_support import without_ours
 from ..conftest import CORPUS, ROOT
 
 KiB = 1024
@@ -84,26 +85,6 @@ def hard_limit_kib(xml: str) -> int | None:
     root = etree.fromstring(xml.encode())
     el = root.find("memtune/hard_limit")
     return None if el is None else int(el.text or "")
-
-
-def without_ours(xml: str) -> bytes:
-    """Canonical XML minus <memtune> and our <metadata> child: what must not change."""
-    root = xmlsafe.parse(xml.encode(), what="x")
-    for el in root.findall("memtune"):
-        root.remove(el)
-    md = root.find("metadata")
-    if md is not None:
-        for child in list(md):
-            if isinstance(child.tag, str) and child.tag.startswith("{" + ap.APPLIED_NS):
-                md.remove(child)
-        if len(md) == 0:
-            root.remove(md)
-    for el in root.iter():
-        if el.text is not None and not el.text.strip():
-            el.text = None
-        if el.tail is not None and not el.tail.strip():
-            el.tail = None
-    return etree.tostring(root, method="c14n")
 
 
 def test_short_domain_is_raised_to_the_recommendation(pinned_host: HostFacts) -> None:

@@ -13,35 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..apply_support import SHORT_DOMAIN
 from ..conftest import PINNED_HOST
 
 URI = "test:///default"
 
-# Short under libvirt 9.0's rules on the pinned host: 4 GiB, one VFIO device and one NVMe
-# disk give two containers (8 GiB pinned), while libvirt < 9.3 grants 1 x memory + 1 GiB.
-SHORT_DOMAIN = """\
-<domain type='test'>
-  <name>{name}</name>
-  <description>{description}</description>
-  <memory unit='GiB'>4</memory>
-  <vcpu>2</vcpu>
-  <os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>
-  <features><acpi/></features>
-  <devices>
-    <disk type='nvme' device='disk'>
-      <driver name='qemu' type='raw'/>
-      <source type='pci' managed='yes' namespace='1'>
-        <address domain='0x0000' bus='0x02' slot='0x00' function='0x0'/>
-      </source>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <hostdev mode='subsystem' type='pci' managed='yes'>
-      <source><address domain='0x0000' bus='0x04' slot='0x00' function='0x0'/></source>
-    </hostdev>
-    <graphics type='vnc' passwd='s3cret'/>
-  </devices>
-</domain>
-"""
 
 FITTING_DOMAIN = """\
 <domain type='test'>
@@ -54,7 +30,7 @@ FITTING_DOMAIN = """\
 
 
 def short_xml(name: str, description: str = "original") -> str:
-    return SHORT_DOMAIN.format(name=name, description=description)
+    return SHORT_DOMAIN.format(type="test", name=name, description=description)
 
 
 @dataclass
