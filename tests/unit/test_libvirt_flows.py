@@ -242,3 +242,15 @@ def test_non_transient_errors_are_not_retried() -> None:
     with pytest.raises(lc.LibvirtFailure, match="cannot open"):
         lc.connect("nosuchdriver:///x", on_retry=lambda n, _why: attempts.append(n))
     assert attempts == []
+
+
+@pytest.mark.parametrize("verb", ["apply", "watch"])
+def test_verbs_that_write_memtune_refuse_kubevirt(verb: str, capsys: pytest.CaptureFixture[str]
+                                                  ) -> None:
+    from memlock_guard.cli import main
+
+    argv = [verb, "vm1"] if verb == "apply" else [verb]
+    assert main([*argv, "--platform", "kubevirt"]) == 2
+    assert capsys.readouterr().err == (
+        f"memlock-guard: {verb} writes <memtune>, which KubeVirt's session-mode libvirt "
+        "refuses; use --platform libvirt\n")

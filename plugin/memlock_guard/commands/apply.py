@@ -48,13 +48,11 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import audit
     from .. import libvirt_client as lc
-    from ..errors import InputError, MemlockGuardError
+    from ..errors import MemlockGuardError
     from ..reconcile import audit_record, reconcile
-    from .libvirt_common import load_policy, make_judge, selected, uri
+    from .libvirt_common import load_policy, make_judge, refuse_kubevirt, selected, uri
 
-    if args.platform == "kubevirt":
-        raise InputError("apply writes <memtune>, which KubeVirt's session-mode libvirt "
-                         "refuses; use --platform libvirt")
+    refuse_kubevirt(args, "apply")
     policy = load_policy(args)
     conn = lc.connect(uri(args))
     results: list[dict[str, Any]] = []

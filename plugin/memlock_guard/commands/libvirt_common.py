@@ -41,6 +41,14 @@ def uri(args: argparse.Namespace) -> str:
     return str(args.connect or DEFAULT_URI)
 
 
+def refuse_kubevirt(args: argparse.Namespace, verb: str) -> None:
+    """The verbs that write <memtune> cannot serve KubeVirt: its session-mode libvirt
+    refuses memtune."""
+    if args.platform == "kubevirt":
+        raise InputError(f"{verb} writes <memtune>, which KubeVirt's session-mode libvirt "
+                         "refuses; use --platform libvirt")
+
+
 def load_policy(args: argparse.Namespace) -> Policy:
     from .. import policy
 

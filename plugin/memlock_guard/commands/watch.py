@@ -60,11 +60,9 @@ def run(args: argparse.Namespace) -> int:
     from .. import policy as policymod
     from ..errors import InputError
     from ..watch import PolicySource, Watcher
-    from .libvirt_common import make_judge, uri
+    from .libvirt_common import make_judge, refuse_kubevirt, uri
 
-    if args.platform == "kubevirt":
-        raise InputError("watch writes <memtune>, which KubeVirt's session-mode libvirt "
-                         "refuses; use --platform libvirt")
+    refuse_kubevirt(args, "watch")
     if args.resync_interval < 0:
         raise InputError("--resync-interval must be 0 (off) or a number of seconds")
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.verbose
