@@ -24,7 +24,6 @@ define), so an ``<mg:applied>`` next to an ``<mg:policy>`` override would vanish
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import hashlib
 import json
@@ -105,8 +104,8 @@ def ledger_digest(ledger: Ledger) -> str:
     """
     items = []
     for item in ledger.items:
-        d = {f.name: _plain(getattr(item, f.name)) for f in dataclasses.fields(item)
-             if f.name != "note"}
+        d = {name: _plain(value) for name, value in item._asdict().items()
+             if name != "note"}
         items.append(d)
     blob = json.dumps({"containers": ledger.containers, "items": items},
                       sort_keys=True, separators=(",", ":"))

@@ -102,7 +102,8 @@ def _collect(result: Any) -> list[Any] | str:
     """The items a plugin returned, run here inside the guard; a str says what is wrong."""
     if result is None:
         return []
-    if isinstance(result, (str, bytes, bytearray, Mapping)):
+    # An Exposure is a tuple too: one returned bare must not pass as a list of its fields.
+    if isinstance(result, (str, bytes, bytearray, Mapping, Exposure)):
         return f"returned a {type(result).__name__}, not a list"
     if isinstance(result, (list, tuple)):
         got = list(result)

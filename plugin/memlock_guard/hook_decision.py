@@ -8,8 +8,7 @@ pluggy and the engine come in.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import audit
 from . import policy as pol
@@ -29,8 +28,7 @@ EXIT_REFUSE = 1
 MAX_FACTS_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     exit_code: int
     record: dict[str, Any]
     stdout: str = ""
@@ -38,7 +36,7 @@ class Outcome:
     # A judged decision (not an on-error outcome) that may be replayed from the cache.
     cacheable: bool = False
     # Files the decision read whose sizes matter (loader, <rom file>), for the cache.
-    files: tuple[str, ...] = field(default=())
+    files: tuple[str, ...] = ()
 
 
 def decide(op: str, data: bytes, progress: Progress, policy_path: str | None,

@@ -8,13 +8,13 @@ be overridden from a JSON file so that tests and reports are reproducible.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import resource
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import host_sources
 from .errors import InputError
@@ -52,8 +52,7 @@ DEFAULT_ROM_SIZES: Mapping[str, int] = {
 _ROM_SUFFIXES = host_sources.ROM_SUFFIXES
 
 
-@dataclass(frozen=True, slots=True)
-class HostFacts:
+class HostFacts(NamedTuple):
     kernel_release: str | None = None
     vfio_type1_params: tuple[tuple[str, str], ...] = ()
     iommufd_params: tuple[tuple[str, str], ...] = ()
@@ -68,32 +67,21 @@ class HostFacts:
     # PCI addresses of NVLink2 bridges (ppc64 only; libvirt reads ibm,npu from sysfs).
     nvlink2_bridges: tuple[str, ...] = ()
     # Where each fact came from: host | default | override.
-    provenance: tuple[tuple[str, str], ...] = field(default=())
-    # Derived lookups, built once: estimators ask for ROM sizes on every domain.
-    _roms: dict[str, int] = field(init=False, repr=False, compare=False)
-    _kernel: tuple[int, int] | None = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        # First wins, as the linear scan over rom_files did.
-        roms: dict[str, int] = {}
-        for key, size in self.rom_files:
-            roms.setdefault(key, size)
-        object.__setattr__(self, "_roms", roms)
-        m = re.match(r"(\d+)\.(\d+)", self.kernel_release or "")
-        object.__setattr__(self, "_kernel", (int(m.group(1)), int(m.group(2))) if m else None)
+    provenance: tuple[tuple[str, str], ...] = ()
 
     @property
     def kernel_version(self) -> tuple[int, int] | None:
-        return self._kernel
+        return _kernel_version(self.kernel_release)
 
     def rom_size(self, name: str) -> tuple[int | None, str]:
         """(size, where it came from) for a ROM file name or absolute path."""
-        size = self._roms.get(name)
+        roms = _rom_index(self.rom_files)
+        size = roms.get(name)
         if size is not None:
             return size, "host"
         base = os.path.basename(name)
         if base != name:
-            size = self._roms.get(base)
+            size = roms.get(base)
             if size is not None:
                 return size, "host"
         if base in DEFAULT_ROM_SIZES:
@@ -106,6 +94,28 @@ class HostFacts:
             if key == name:
                 return value
         return None
+
+
+# Derived lookups, built once per host: estimators ask for ROM sizes on every domain.
+# Keyed by the identity of the facts' rom_files (one host per process, as a rule).
+_ROM_INDEX: tuple[tuple[tuple[str, int], ...], dict[str, int]] = ((), {})
+
+
+def _rom_index(rom_files: tuple[tuple[str, int], ...]) -> dict[str, int]:
+    global _ROM_INDEX
+    seen, index = _ROM_INDEX
+    if seen is not rom_files:
+        index = {}
+        for key, size in rom_files:
+            index.setdefault(key, size)  # the first wins, as a scan of rom_files would
+        _ROM_INDEX = (rom_files, index)
+    return index
+
+
+@functools.lru_cache(maxsize=16)
+def _kernel_version(release: str | None) -> tuple[int, int] | None:
+    m = re.match(r"(\d+)\.(\d+)", release or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 def collect(*, extra_files: Iterable[str] = (), probe_qemu: bool = False,
@@ -126,7 +136,7 @@ def collect(*, extra_files: Iterable[str] = (), probe_qemu: bool = False,
         facts, prov = _probe(extra_files, probe_qemu, probe_libvirt, tuple(data_dirs))
     if override:
         facts = _apply_override(facts, override, prov)
-    return replace(facts, provenance=tuple(sorted(prov.items())))
+    return facts._replace(provenance=tuple(sorted(prov.items())))
 
 
 def load_override(path: str) -> dict[str, Any]:
@@ -317,7 +327,7 @@ def _apply_override(facts: HostFacts, data: Mapping[str, Any],
                                            for a in _list(data["nvlink2_bridges"],
                                                           "nvlink2_bridges"))
         mark("nvlink2_bridges")
-    return replace(facts, **changes)
+    return facts._replace(**changes)
 
 
 def _str(v: Any, key: str) -> str:

@@ -15,8 +15,8 @@ window is a phase of its own; items without a window are always mapped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class Backing(StrEnum):
@@ -45,8 +45,7 @@ class Mode(StrEnum):
     AUTO = "auto"  # decide from the host
 
 
-@dataclass(frozen=True, slots=True)
-class Exposure:
+class Exposure(NamedTuple):
     source: str  # e.g. "video0 qxl-vga ram BAR0"
     bytes: int
     backing: Backing
@@ -65,8 +64,7 @@ class Exposure:
         return self.window is not None
 
 
-@dataclass(frozen=True, slots=True)
-class LedgerItem:
+class LedgerItem(NamedTuple):
     source: str
     bytes: int
     backing: Backing
@@ -87,8 +85,7 @@ class LedgerItem:
         return self.bytes * self.containers
 
 
-@dataclass(frozen=True, slots=True)
-class Ledger:
+class Ledger(NamedTuple):
     items: tuple[LedgerItem, ...]
     containers: int  # VFIO containers / iommufd IOASes that each map the whole space
     container_reasons: tuple[str, ...]  # why that many, for explain

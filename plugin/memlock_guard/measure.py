@@ -35,7 +35,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .errors import MemlockGuardError
@@ -478,7 +478,7 @@ def estimated_non_ram(ledger: Ledger) -> tuple[int, int]:
     The strict requirement minus the RAM items, per container: the ledger's own peak
     over boot windows, so the same arithmetic the verdict uses is what gets checked.
     """
-    items = tuple(replace(i, containers=1) for i in ledger.items if i.kind is not Kind.RAM)
+    items = tuple(i._replace(containers=1) for i in ledger.items if i.kind is not Kind.RAM)
     one = Ledger(items, 1, ledger.container_reasons)
     always = sum(i.bytes for i in items if i.window is None)
     return one.required(Mode.STRICT), always

@@ -32,9 +32,8 @@ import os
 import re
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from lxml import etree
 
@@ -84,8 +83,7 @@ class OnError(StrEnum):
     REFUSE = "refuse"
 
 
-@dataclass(frozen=True, slots=True)
-class Policy:
+class Policy(NamedTuple):
     mode: Mode = Mode.AUTO
     on_shortfall: OnShortfall = OnShortfall.REFUSE
     adjust: frozenset[str] = frozenset(ADJUSTABLE_OPS)
@@ -97,7 +95,7 @@ class Policy:
     # Where the values came from, for messages and the audit log.
     origin: str = "built-in defaults"
     # Elements a domain's <metadata> overrode, in document order.
-    overridden: tuple[str, ...] = field(default=())
+    overridden: tuple[str, ...] = ()
 
     def may_adjust(self, op: str) -> bool:
         return op in self.adjust
@@ -165,7 +163,7 @@ def parse(data: bytes, *, what: str = "policy", origin: str = "policy") -> Polic
     _expect_root(root, what)
     values = _interpret(root, what, host=True)
     _validate(root, what, host=True)
-    return replace(DEFAULTS, origin=origin, **values)
+    return DEFAULTS._replace(origin=origin, **values)
 
 
 def override(base: Policy, element: bytes | None, *, domain_name: str = "domain") -> Policy:
@@ -181,7 +179,7 @@ def override(base: Policy, element: bytes | None, *, domain_name: str = "domain"
     if not values:
         return base
     names = tuple(_ELEMENT_OF[k] for k in values)
-    return replace(base, origin=f"{base.origin} + {domain_name}'s <metadata>",
+    return base._replace(origin=f"{base.origin} + {domain_name}'s <metadata>",
                    overridden=names, **values)
 
 

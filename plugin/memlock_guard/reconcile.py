@@ -18,7 +18,6 @@ DEFINED event and judges it again, and an ``apply`` run can simply be repeated.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,7 +53,7 @@ class Judge:
     def settings_for(self, domain: Domain) -> tuple[Settings, policymod.Policy]:
         p = policymod.for_domain(self.policy, domain)
         s = policymod.to_settings(p)
-        return dataclasses.replace(s, **dict(self.overrides)), p
+        return s._replace(**dict(self.overrides)), p
 
     def host_for(self, domain: Domain) -> HostFacts:
         if not self.probe_files:
@@ -71,7 +70,7 @@ class Judge:
                     continue
         if not extra:
             return self.host
-        return dataclasses.replace(self.host, rom_files=tuple(sorted({**known, **extra}.items())))
+        return self.host._replace(rom_files=tuple(sorted({**known, **extra}.items())))
 
     def __call__(self, xml_text: str) -> tuple[Report, policymod.Policy]:
         domain = parse_domain(xml_text.encode())

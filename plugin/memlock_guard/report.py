@@ -6,7 +6,7 @@ check, apply, watch), so they can never disagree about a domain.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import pluggy
 
@@ -25,8 +25,7 @@ from .verdict import EffectiveLimit, Verdict, judge
 DEFAULT_MARGIN = 64 * MiB
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
+class Settings(NamedTuple):
     mode: Mode = Mode.AUTO
     margin: int = DEFAULT_MARGIN
     zero_page_allowance: int | None = None  # None: tolerant forgives every zero-fill page
@@ -35,8 +34,10 @@ class Settings:
     platform: str = "libvirt"  # libvirt | kubevirt: whose rule sets QEMU's limit
 
 
-@dataclass(frozen=True, slots=True)
-class Report:
+DEFAULT_SETTINGS = Settings()
+
+
+class Report(NamedTuple):
     domain: Domain
     host: HostFacts
     settings: Settings
@@ -47,7 +48,7 @@ class Report:
     verdict: Verdict
 
 
-def assess(domain: Domain, host: HostFacts, settings: Settings = Settings(),
+def assess(domain: Domain, host: HostFacts, settings: Settings = DEFAULT_SETTINGS,
            pm: pluggy.PluginManager | None = None) -> Report:
     ledger = build_ledger(domain, host, pm)
     version = settings.libvirt_version or host.libvirt_version

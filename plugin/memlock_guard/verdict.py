@@ -5,8 +5,8 @@ Pure: a Ledger, the effective limit and the policy numbers in, a Verdict out.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from .ledger import Ledger, Mode
 from .units import MiB, round_up
@@ -18,15 +18,13 @@ class Outcome(StrEnum):
     UNLIMITED = "unlimited"
 
 
-@dataclass(frozen=True, slots=True)
-class EffectiveLimit:
+class EffectiveLimit(NamedTuple):
     bytes: int | None  # None: unlimited
     source: str  # hard_limit | locked | ppc64 | libvirt-formula | inherited | kubevirt ...
     explanation: str
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     mode: Mode  # strict or tolerant (auto already resolved)
     mode_reason: str
     required_strict: int

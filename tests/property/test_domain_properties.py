@@ -42,6 +42,7 @@ SCHEMA = ROOT / "schemas" / "estimate.schema.json"
 SETTINGS_ST = st.builds(
     Settings,
     mode=st.sampled_from(list(Mode)),
+    margin=st.integers(0, 2**34),  # a policy margin is a size: never negative
     zero_page_allowance=st.one_of(st.none(), st.integers(0, 2**40)),
     libvirt_version=st.sampled_from([None, (7, 0, 0), (8, 7, 0), (9, 0, 0), (9, 3, 0),
                                      (10, 10, 0), (12, 2, 0)]),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 from memlock_guard.domain import Machine, parse_domain
@@ -176,9 +175,9 @@ def test_unusable_domains_are_input_errors(xml):
 
 def test_the_model_is_frozen():
     d = domain(hostdevs(1))
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         d.memory = 1  # type: ignore[misc]
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         d.hostdevs[0].type = "usb"  # type: ignore[misc]
 
 

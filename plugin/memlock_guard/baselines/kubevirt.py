@@ -15,7 +15,7 @@ domain XML, so exec probes and downward metrics (10-100 MiB, 1 MiB) are not seen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..domain import Domain
 from ..units import GiB, MiB
@@ -25,8 +25,7 @@ DEFAULT_VERSION = "1.9"
 FIXED = (25 + 100 + 25 + 40 + 30) * MiB
 
 
-@dataclass(frozen=True, slots=True)
-class KubevirtLimit:
+class KubevirtLimit(NamedTuple):
     version: str
     bytes: int | None  # None with unlimited=False: KubeVirt leaves the limit alone
     unlimited: bool

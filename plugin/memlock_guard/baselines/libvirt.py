@@ -16,7 +16,7 @@ At start libvirt aligns memory sizes (qemuDomainAlignMemorySizes): 1 MiB on x86,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..domain import Domain
 from ..units import GiB, KiB, MiB, round_up
@@ -26,8 +26,7 @@ LIBVIRT_UNLIMITED = 9007199254740991
 LATEST = (12, 2, 0)  # the newest libvirt whose rules this module knows (unchanged since 9.3)
 
 
-@dataclass(frozen=True, slots=True)
-class LibvirtLimit:
+class LibvirtLimit(NamedTuple):
     version: tuple[int, int, int]
     bytes: int | None  # None: unlimited
     source: str  # hard_limit | locked | ppc64 | formula | none
@@ -72,8 +71,8 @@ def pseries_phbs(domain: Domain) -> int:
     pci = [c for c in domain.controllers if c.type == "pci"]
     phb_like = [c for c in pci if c.model in (None, "pci-root")
                 and c.target_model in (None, "spapr-pci-host-bridge")]
-    other = {c.index for c in pci if c.index is not None and c not in phb_like}
-    top = max([c.index for c in pci if c.index is not None] + list(domain.pci_buses),
+    other = {c.bus_index for c in pci if c.bus_index is not None and c not in phb_like}
+    top = max([c.bus_index for c in pci if c.bus_index is not None] + list(domain.pci_buses),
               default=0)
     buses = sum(1 for i in range(top + 1) if i not in other)
     listed = max(len(phb_like), buses)

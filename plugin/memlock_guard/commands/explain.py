@@ -87,13 +87,11 @@ def run(args: argparse.Namespace) -> int:
 
 def side_by_side(r: Report) -> list[dict[str, Any]]:
     """Each rule's limit for this domain, and whether the requirement fits under it."""
-    import dataclasses
-
     from ..baselines.libvirt import LATEST, libvirt_limit
     from ..domain import Memtune
 
     need = r.verdict.required
-    bare = dataclasses.replace(r.domain, memtune=Memtune())
+    bare = r.domain._replace(memtune=Memtune())
     rows: list[dict[str, Any]] = []
 
     def row(rule: str, limit: int | None, source: str) -> None:

@@ -4,7 +4,6 @@ watch): --connect, --policy, the domain selection, and how a domain gets judged.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
@@ -91,7 +90,7 @@ def make_judge(args: argparse.Namespace, conn: Any, policy: Policy | None = None
     # The daemon's version sets the formula, not this client library's; a host-facts
     # file or --libvirt-version still wins.
     if override is None or "libvirt_version" not in override:
-        facts = dataclasses.replace(facts, libvirt_version=lc.daemon_version(conn))
+        facts = facts._replace(libvirt_version=lc.daemon_version(conn))
     probe = override is None or bool(override.get("probe_host", True))
     return Judge(policy=p, host=facts, overrides=overrides(args), probe_files=probe,
                  pm=policymod.plugin_manager(p))

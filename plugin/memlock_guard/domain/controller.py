@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .xmlmap import Element, attr, first_in
 
 
-@dataclass(frozen=True, slots=True)
-class Controller:
+class Controller(NamedTuple):
     type: str | None
     model: str | None
     target_model: str | None  # <model name='spapr-pci-host-bridge'/>
-    index: int | None = None  # for PCI controllers, the bus number they provide
+    bus_index: int | None = None  # <controller index=>: for PCI, the bus number it provides
 
     @property
     def is_pseries_phb(self) -> bool:
@@ -24,7 +23,7 @@ class Controller:
     def from_xml(cls, el: Element) -> Controller:
         return cls(type=attr(el, "type"), model=attr(el, "model"),
                    target_model=attr(first_in([el], "model"), "name"),
-                   index=pci_number(el.get("index")))
+                   bus_index=pci_number(el.get("index")))
 
 
 def pci_number(raw: str | None) -> int | None:

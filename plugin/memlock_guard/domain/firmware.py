@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .xmlmap import Element, attr, attr_of, first_in, group, switch, text
 
 _VERSIONED = re.compile(r"-(\d+)\.(\d+)(?:$|[.-])")
 
 
-@dataclass(frozen=True, slots=True)
-class Machine:
+class Machine(NamedTuple):
     name: str | None  # as written: pc-q35-7.2, q35, pc, pseries-8.0, virt ...
 
     @property
@@ -49,8 +48,7 @@ def _machine_family(name: str | None) -> str:
     return "other"
 
 
-@dataclass(frozen=True, slots=True)
-class Firmware:
+class Firmware(NamedTuple):
     autoselect: str | None  # <os firmware='efi|bios'>
     loader_path: str | None
     loader_type: str | None  # rom | pflash

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .rom import Rom
 from .xmlmap import Element, attr, first_in, group, one
 
 
-@dataclass(frozen=True, slots=True)
-class Hostdev:
+class Hostdev(NamedTuple):
     mode: str | None  # subsystem | capabilities
     type: str | None  # pci | mdev | usb | scsi | scsi_host
     driver: str | None  # <driver name='vfio'>; absent means vfio on any current libvirt

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .rom import Rom
 from .xmlmap import Element, attr, group, one
 
 
-@dataclass(frozen=True, slots=True)
-class Interface:
+class Interface(NamedTuple):
     type: str | None  # network | bridge | hostdev | vdpa | user | ...
     model: str | None  # virtio | e1000 | e1000e | rtl8139 | ...
     mac: str | None

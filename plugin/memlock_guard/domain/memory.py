@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import InputError
 from ..units import MAX_MEMORY_BYTES, parse_scaled
 from .xmlmap import Element, Kids, attr, first, first_attr_in, first_in, group, one, scaled
 
 
-@dataclass(frozen=True, slots=True)
-class MemoryDevice:
+class MemoryDevice(NamedTuple):
     model: str  # dimm | nvdimm | virtio-pmem | virtio-mem | sgx-epc
     size: int  # bytes; for virtio-mem the maximum <size>, as libvirt counts it
     alias: str | None
@@ -28,8 +27,7 @@ class MemoryDevice:
         return cls(model=model, size=size, alias=attr(el, "name", "alias"))
 
 
-@dataclass(frozen=True, slots=True)
-class Memtune:
+class Memtune(NamedTuple):
     hard_limit: int | None = None  # bytes
     soft_limit: int | None = None
     swap_hard_limit: int | None = None
@@ -51,8 +49,7 @@ class Memtune:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class MemoryBacking:
+class MemoryBacking(NamedTuple):
     locked: bool = False
     hugepages: bool = False
     source_type: str | None = None  # anonymous | file | memfd

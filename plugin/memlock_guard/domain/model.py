@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from lxml import etree
 
@@ -35,8 +35,7 @@ POLICY_NS = "urn:memlock-guard:policy:1"
 MAX_DEVICES = 10_000
 
 
-@dataclass(frozen=True, slots=True)
-class Domain:
+class Domain(NamedTuple):
     name: str
     uuid: str | None
     type: str  # kvm | qemu | ...
@@ -60,10 +59,10 @@ class Domain:
     has_tpm: bool
     launch_security: str | None  # sev | sev-snp | s390-pv | tdx ...
     # Our own <metadata> children, serialised, keyed by local name (policy, applied).
-    metadata: tuple[tuple[str, bytes], ...] = field(default=())
+    metadata: tuple[tuple[str, bytes], ...] = ()
     # PCI bus numbers named by device guest addresses (<address type='pci' bus=...>):
     # on pSeries every bus is a PHB, and libvirt adds the missing ones.
-    pci_buses: tuple[int, ...] = field(default=())
+    pci_buses: tuple[int, ...] = ()
 
     @property
     def is_x86(self) -> bool:

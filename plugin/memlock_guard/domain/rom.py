@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .xmlmap import Element, Kids, attr, group, one, switch
 
 
-@dataclass(frozen=True, slots=True)
-class Rom:
+class Rom(NamedTuple):
     bar: bool | None = None  # <rom bar='on|off'>
     file: str | None = None  # <rom file='/path'>
     enabled: bool | None = None  # <rom enabled='no'> drops the ROM entirely

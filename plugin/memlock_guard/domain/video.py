@@ -13,7 +13,7 @@ Sizes stay as written; libvirt's power-of-two rounding of ``ram``/``vram``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .xmlmap import Element, attr, count, first_in, group, kib_attr, one, switch
 
@@ -21,8 +21,7 @@ _VIRTIO_DEFAULT_ARCHES = ("armv6l", "armv7l", "armv7b", "aarch64", "riscv32", "r
                           "loongarch64")
 
 
-@dataclass(frozen=True, slots=True)
-class Video:
+class Video(NamedTuple):
     model: str | None  # vga | cirrus | qxl | bochs | virtio | vmvga | ramfb | none | ...
     vram: int | None  # bytes, as libvirt's KiB attributes converted
     ram: int | None
