@@ -3,12 +3,17 @@
 Built-in estimators are trusted (a bug there is ours and should surface). A
 third-party plugin is called on its own, and is left out of the ledger, with the
 reason recorded, when it raises or returns anything but well-formed exposures.
+
+Without a plugin manager (no third-party plugin allowed, the usual case) the built-in
+estimators are called directly, in registration order: the same functions pluggy would
+call, with the same result (tests/unit/test_engine_paths.py compares the two over the
+corpus), minus the manager, which costs the hook about 1 ms a start to build.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import pluggy
@@ -31,7 +36,9 @@ def default_manager() -> pluggy.PluginManager:
 
 def build_ledger(domain: Domain, host: HostFacts,
                  pm: pluggy.PluginManager | None = None) -> Ledger:
-    pm = pm or default_manager()
+    """The ledger of ``domain``; ``pm`` None: the built-in estimators alone."""
+    if pm is None:
+        return _builtin_ledger(domain, host)
     excluded: dict[str, str] = {}  # plugin name -> why; the first reason is kept
     reasons: list[tuple[str, str]] = []
     for name, got in _call_each(pm, "memlock_guard_container_reasons", domain, host,
@@ -56,13 +63,49 @@ def build_ledger(domain: Domain, host: HostFacts,
     else:  # the usual case: nothing to filter
         kept_reasons = tuple(r for _, r in reasons)
         kept = [e for _, e in exposures]
-    n = len(kept_reasons)
+    return _ledger(kept_reasons, kept,
+                   tuple(f"{name}: {why}" for name, why in excluded.items()))
+
+
+Estimator = Callable[[Domain, HostFacts], Iterable[Any]]
+_BUILTINS: tuple[tuple[Estimator, ...], tuple[Estimator, ...]] | None = None
+
+
+def _builtin_estimators() -> tuple[tuple[Estimator, ...], tuple[Estimator, ...]]:
+    """(container-reason hooks, exposure hooks) of the built-in plugins, in order."""
+    global _BUILTINS
+    if _BUILTINS is None:
+        import importlib
+
+        mods = [importlib.import_module(name) for name in plugins.BUILTIN_MODULES]
+        _BUILTINS = (
+            tuple(m.memlock_guard_container_reasons for m in mods
+                  if hasattr(m, "memlock_guard_container_reasons")),
+            tuple(m.memlock_guard_exposures for m in mods
+                  if hasattr(m, "memlock_guard_exposures")),
+        )
+    return _BUILTINS
+
+
+def _builtin_ledger(domain: Domain, host: HostFacts) -> Ledger:
+    reason_hooks, exposure_hooks = _builtin_estimators()
+    reasons: list[str] = []
+    for fn in reason_hooks:
+        reasons += fn(domain, host)
+    exposures: list[Exposure] = []
+    for fn in exposure_hooks:
+        exposures += fn(domain, host)
+    return _ledger(tuple(reasons), exposures, ())
+
+
+def _ledger(reasons: tuple[str, ...], exposures: list[Exposure],
+            excluded: tuple[str, ...]) -> Ledger:
+    n = len(reasons)
     items = tuple(
         LedgerItem(e.source, e.bytes, e.backing, e.readonly, e.kind, e.window, e.region,
                    n if e.containers is None else min(e.containers, n), e.note)
-        for e in kept)
-    return Ledger(items, n, kept_reasons,
-                  tuple(f"{name}: {why}" for name, why in excluded.items()))
+        for e in exposures)
+    return Ledger(items, n, reasons, excluded)
 
 
 # A real estimator returns a handful of items; more than this is a runaway generator,

@@ -137,9 +137,10 @@ def load(path: str | None = None, *, named: bool | None = None) -> Policy:
         raise PolicyError(str(e), on_error=on_error, audit_log=audit_log) from None
 
 
+# Compiled on first use (re caches them): only a broken policy needs them.
 _PREFIX = rb"<(?:[A-Za-z_][\w.-]*:)?"
-_SALVAGE_ON_ERROR = re.compile(_PREFIX + rb"on-error\s*>\s*(allow|refuse)\s*<")
-_SALVAGE_AUDIT = re.compile(_PREFIX + rb"audit-log\s*>\s*(/[^<>\x00-\x1f]{0,4000}?)\s*<")
+_SALVAGE_ON_ERROR = _PREFIX + rb"on-error\s*>\s*(allow|refuse)\s*<"
+_SALVAGE_AUDIT = _PREFIX + rb"audit-log\s*>\s*(/[^<>\x00-\x1f]{0,4000}?)\s*<"
 
 
 def salvage(data: bytes) -> tuple[OnError | None, str | None]:
@@ -147,8 +148,8 @@ def salvage(data: bytes) -> tuple[OnError | None, str | None]:
 
     Only an unambiguous single occurrence counts; anything else gives None (the defaults).
     """
-    def one(pattern: re.Pattern[bytes]) -> str | None:
-        found = pattern.findall(data[:MAX_POLICY_BYTES])
+    def one(pattern: bytes) -> str | None:
+        found = re.findall(pattern, data[:MAX_POLICY_BYTES])
         if len(set(found)) != 1:
             return None
         return bytes(found[0]).decode("ascii", "replace")
@@ -197,10 +198,13 @@ def to_settings(p: Policy, *, libvirt_version: tuple[int, int, int] | None = Non
 
 
 def plugin_manager(p: Policy) -> Any:
-    """The pluggy manager for this policy: built-ins plus the allowed third-party plugins.
+    """The pluggy manager for this policy: built-ins plus the allowed third-party plugins;
+    None when it allows none (the engine then calls the built-ins directly).
 
     Typed loosely so importing this module never imports pluggy.
     """
+    if not p.plugins:
+        return None
     from . import plugins
 
     return plugins.manager(p.plugins)

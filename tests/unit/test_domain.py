@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 from memlock_guard.domain import Machine, parse_domain
 from memlock_guard.errors import InputError

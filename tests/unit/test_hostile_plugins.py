@@ -11,7 +11,6 @@ import itertools
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pluggy
