@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "plugin"))
 from memlock_guard import host as hostmod  # noqa: E402
 from memlock_guard import xmlsafe  # noqa: E402
 from memlock_guard.domain import domain_from_element, parse_domain  # noqa: E402
-from memlock_guard.engine import build_ledger, default_manager  # noqa: E402
+from memlock_guard.engine import build_ledger  # noqa: E402
 from memlock_guard.errors import InputError  # noqa: E402
 from memlock_guard.render import to_dict  # noqa: E402
 from memlock_guard.report import Settings, assess  # noqa: E402
@@ -136,12 +136,11 @@ def main() -> int:
     args = ap.parse_args()
 
     pinned = hostmod.collect(override=PINNED_HOST)
-    pm = default_manager()
     settings = Settings()
     xmls = domains(args.n, pinned)
 
     def estimate(data: bytes) -> object:
-        return assess(parse_domain(data), pinned, settings, pm)
+        return assess(parse_domain(data), pinned, settings)  # as `estimate` calls it
 
     for data in xmls[:50]:  # warm up imports and caches
         estimate(data)
@@ -174,9 +173,9 @@ def main() -> int:
             best_of(lambda d=data: xmlsafe.parse(d, what="domain XML"), args.repeat))
         phases["domain model"].append(best_of(lambda r=root: domain_from_element(r), args.repeat))
         phases["ledger (estimators)"].append(
-            best_of(lambda d=domain: build_ledger(d, pinned, pm), args.repeat))
+            best_of(lambda d=domain: build_ledger(d, pinned), args.repeat))
         phases["assess (ledger+baselines+verdict)"].append(
-            best_of(lambda d=domain: assess(d, pinned, settings, pm), args.repeat))
+            best_of(lambda d=domain: assess(d, pinned, settings), args.repeat))
 
     med_p, med_e, med_j = (statistics.median(t) for t in (parse_t, est_t, json_t))
     ratio = med_e / med_p

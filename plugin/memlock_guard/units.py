@@ -63,6 +63,10 @@ def parse_unsigned(text: str, *, what: str, limit: int = ULLONG_MAX) -> int:
     Leading C whitespace and one ``+`` are accepted; a ``-`` anywhere, trailing
     characters (even a space), an empty string or a value above ``limit`` are errors.
     """
+    if text.isascii() and text.isdigit() and len(text) <= 20:  # the usual case
+        value = int(text)
+        if value <= limit:
+            return value
     m = _UNSIGNED.fullmatch(text)
     if not m:
         raise InputError(f"{what} has an invalid value {_shown(text)}: expected a whole number")

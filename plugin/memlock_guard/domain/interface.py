@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .rom import Rom
-from .xmlmap import Element, attr, group, one
+from .xmlmap import Element, attr, firsts
 
 
 class Interface(NamedTuple):
@@ -30,15 +30,18 @@ class Interface(NamedTuple):
 
     @classmethod
     def from_xml(cls, el: Element) -> Interface:
-        kids = group(el)
+        model, mac, alias, address, rom = firsts(el, _READ)
         return cls(
             type=attr(el, "type"),
-            model=_model(attr(one(kids, "model"), "type")),
-            mac=attr(one(kids, "mac"), "address"),
-            alias=attr(one(kids, "alias"), "name"),
-            address_type=attr(one(kids, "address"), "type"),
-            rom=Rom.from_kids(kids),
+            model=_model(attr(model, "type")),
+            mac=attr(mac, "address"),
+            alias=attr(alias, "name"),
+            address_type=attr(address, "type"),
+            rom=Rom.from_element(rom),
         )
+
+
+_READ = ("model", "mac", "alias", "address", "rom")
 
 
 def _model(value: str | None) -> str | None:

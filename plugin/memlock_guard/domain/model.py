@@ -63,6 +63,12 @@ class Domain(NamedTuple):
     # PCI bus numbers named by device guest addresses (<address type='pci' bus=...>):
     # on pSeries every bus is a PHB, and libvirt adds the missing ones.
     pci_buses: tuple[int, ...] = ()
+    # Derived once at parse, as every rule asks for them (see _pinning_devices):
+    # labels of every VFIO device (PCI/mdev hostdevs and <interface type='hostdev'>),
+    # of NVMe disks, and of libvirt's nvdpa (<interface type='vdpa'>, vhostvdpa disks).
+    vfio_devices: tuple[str, ...] = ()
+    nvme_disks: tuple[str, ...] = ()
+    vdpa_devices: tuple[str, ...] = ()
 
     @property
     def is_x86(self) -> bool:
@@ -71,22 +77,6 @@ class Domain(NamedTuple):
     @property
     def is_ppc64(self) -> bool:
         return self.arch in ("ppc64", "ppc64le")
-
-    @property
-    def vfio_devices(self) -> tuple[str, ...]:
-        """Labels of every VFIO device: PCI/mdev hostdevs and ``<interface type='hostdev'>``."""
-        return tuple([h.alias or h.source for h in self.hostdevs if h.is_vfio]
-                     + [i.label for i in self.interfaces if i.is_vfio])
-
-    @property
-    def nvme_disks(self) -> tuple[str, ...]:
-        return tuple(d.label for d in self.disks if d.nvme_in_chain)
-
-    @property
-    def vdpa_devices(self) -> tuple[str, ...]:
-        """libvirt's nvdpa: ``<interface type='vdpa'>`` and every vhostvdpa disk."""
-        return tuple([i.label for i in self.interfaces if i.is_vdpa]
-                     + [d.label for d in self.disks if d.is_vhostvdpa])
 
     def metadata_element(self, local_name: str) -> bytes | None:
         for key, value in self.metadata:
@@ -139,6 +129,10 @@ def domain_from_element(root: Element) -> Domain:
         raise InputError("<vcpu> is zero")  # libvirt refuses it too
     graphics = tuple(e.get("type") or "?" for e in dev("graphics"))
     iommu = dev("iommu")
+    hostdevs = tuple(Hostdev.from_xml(e) for e in dev("hostdev"))
+    interfaces = tuple(Interface.from_xml(e) for e in dev("interface"))
+    disks = tuple(Disk.from_xml(e) for e in dev("disk"))
+    vfio, nvme, vdpa = _pinning_devices(hostdevs, interfaces, disks)
     return Domain(
         name=text(one(top, "name")) or "(unnamed)",
         uuid=text(one(top, "uuid")),
@@ -153,9 +147,9 @@ def domain_from_element(root: Element) -> Domain:
         memtune=Memtune.from_blocks(top.get("memtune")),
         memory_backing=MemoryBacking.from_blocks(top.get("memoryBacking")),
         iommu=(iommu[0].get("model") or "intel") if iommu else None,
-        hostdevs=tuple(Hostdev.from_xml(e) for e in dev("hostdev")),
-        interfaces=tuple(Interface.from_xml(e) for e in dev("interface")),
-        disks=tuple(Disk.from_xml(e) for e in dev("disk")),
+        hostdevs=hostdevs,
+        interfaces=interfaces,
+        disks=disks,
         videos=videos_from_xml(dev("video"), arch=arch, machine=machine,
                                graphics=bool(graphics)),
         firmware=Firmware.from_blocks(os_blocks),
@@ -166,7 +160,21 @@ def domain_from_element(root: Element) -> Domain:
         metadata=_our_metadata(one(top, "metadata")),
         # Only libvirt's pSeries formula needs them (every bus there is a PHB).
         pci_buses=_pci_buses(root) if ppc64 else (),
+        vfio_devices=vfio,
+        nvme_disks=nvme,
+        vdpa_devices=vdpa,
     )
+
+
+def _pinning_devices(hostdevs: tuple[Hostdev, ...], interfaces: tuple[Interface, ...],
+                     disks: tuple[Disk, ...]) -> tuple[tuple[str, ...], ...]:
+    """(VFIO, NVMe, vDPA) device labels: computed once, as the container count, both
+    baselines and the messages all ask for them."""
+    return (tuple([h.alias or h.source for h in hostdevs if h.is_vfio]
+                  + [i.label for i in interfaces if i.is_vfio]),
+            tuple(d.label for d in disks if d.nvme_in_chain),
+            tuple([i.label for i in interfaces if i.is_vdpa]
+                  + [d.label for d in disks if d.is_vhostvdpa]))
 
 
 # The device elements the model reads (each gathered across <devices> blocks).

@@ -23,7 +23,11 @@ class Rom(NamedTuple):
 
     @classmethod
     def from_kids(cls, kids: Kids) -> Rom:
-        el = one(kids, "rom")
+        return cls.from_element(one(kids, "rom"))
+
+    @classmethod
+    def from_element(cls, el: Element | None) -> Rom:
+        """The ``<rom>`` element itself (None: the device has none)."""
         if el is None:
             return NO_ROM
         return cls(bar=switch(attr(el, "bar")), file=attr(el, "file") or None,

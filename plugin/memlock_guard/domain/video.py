@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .xmlmap import Element, attr, count, first_in, group, kib_attr, one, switch
+from .xmlmap import Element, attr, count, first_in, firsts, kib_attr, switch
 
 _VIRTIO_DEFAULT_ARCHES = ("armv6l", "armv7l", "armv7b", "aarch64", "riscv32", "riscv64",
                           "loongarch64")
@@ -39,8 +39,7 @@ class Video(NamedTuple):
 
     @classmethod
     def from_xml(cls, el: Element, *, primary: bool, default: str = "cirrus") -> Video:
-        kids = group(el)
-        model = one(kids, "model")
+        model, alias, address = firsts(el, _READ)
         what = "<video><model>"
         return cls(
             model=_model_type(attr(model, "type"), default),
@@ -51,9 +50,12 @@ class Video(NamedTuple):
             heads=count(model, "heads", what=f"{what} heads="),
             primary=primary,
             accel3d=switch(attr(model, "accel3d", "acceleration")) is True,
-            alias=attr(one(kids, "alias"), "name"),
-            address_type=attr(one(kids, "address"), "type"),
+            alias=attr(alias, "name"),
+            address_type=attr(address, "type"),
         )
+
+
+_READ = ("model", "alias", "address")
 
 
 def videos_from_xml(els: list[Element], *, arch: str = "x86_64", machine: str | None = None,

@@ -85,6 +85,19 @@ def group(el: Element) -> Kids:
     return out
 
 
+def firsts(el: Element, tags: tuple[str, ...]) -> list[Element | None]:
+    """``./tag[1]`` for each of ``tags``, in one pass over the children of ``el``:
+    cheaper than group() when an element has only single children worth reading."""
+    out: list[Element | None] = [None] * len(tags)
+    for c in el:
+        t = c.tag
+        if t in tags:
+            i = tags.index(t)
+            if out[i] is None:
+                out[i] = c
+    return out
+
+
 def one(kids: Kids, tag: str) -> Element | None:
     lst = kids.get(tag)
     return lst[0] if lst else None
