@@ -9,6 +9,7 @@ hosts. Checked against libvirt 9.0 with ``virsh define`` (see parse_scaled).
 
 from __future__ import annotations
 
+import functools
 import re
 
 from .errors import InputError
@@ -33,6 +34,7 @@ _UNSIGNED = re.compile(r"[ \t\n\v\f\r]*\+?([0-9]+)")
 _POWERS = {"k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
 
 
+@functools.lru_cache(maxsize=256)  # a handful of units, on every size read
 def unit_scale(unit: str | None, default: int = KiB) -> int:
     """The multiplier libvirt uses for ``unit`` (virScaleInteger); ValueError for junk.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .xmlmap import Element, attr, first_in
+from .xmlmap import Element, attr
 
 
 class Disk(NamedTuple):
@@ -24,15 +24,28 @@ class Disk(NamedTuple):
     @classmethod
     def from_xml(cls, el: Element) -> Disk:
         disk_type = attr(el, "type")
+        target = backing = None
+        for c in el:  # one pass: ./target[1] and ./backingStore[1]
+            t = c.tag
+            if t == "target":
+                if target is None:
+                    target = c
+            elif t == "backingStore" and backing is None:
+                backing = c
         return cls(
             type=disk_type,
             device=attr(el, "device"),
-            target=attr(first_in([el], "target"), "dev"),
-            nvme_in_chain=disk_type == "nvme" or _chain_has_nvme(el),
+            target=attr(target, "dev"),
+            nvme_in_chain=disk_type == "nvme" or _chain_has_nvme(backing),
         )
 
 
-def _chain_has_nvme(el: Element) -> bool:
-    # Backing stores nest: <backingStore type='nvme'><backingStore .../></backingStore>;
-    # bounded by the parser's depth limit.
-    return any(b.get("type") == "nvme" for b in el.iter("backingStore"))
+def _chain_has_nvme(store: Element | None) -> bool:
+    """virStorageSourceChainHasNVMe over the disk's source chain: each <backingStore>
+    holds the next as its first <backingStore> child (a <mirror>'s chain is another
+    source, which libvirt does not count). Bounded by the parser's depth limit."""
+    while store is not None:
+        if store.get("type") == "nvme":
+            return True
+        store = next(store.iterchildren("backingStore"), None)
+    return False

@@ -10,7 +10,7 @@ from .. import xmlsafe
 from ..errors import InputError
 from .controller import Controller, pci_number
 from .disk import Disk
-from .firmware import Firmware, Machine
+from .firmware import Firmware, Machine, read_os
 from .hostdev import Hostdev
 from .interface import Interface
 from .memory import MemoryBacking, MemoryDevice, Memtune, total_memory
@@ -95,33 +95,33 @@ def domain_from_element(root: Element) -> Domain:
     if not isinstance(root.tag, str) or root.tag != "domain":
         tag = root.tag if isinstance(root.tag, str) else "?"
         raise InputError(f"root element is <{_clip(tag)}>, not <domain>")
-    # One pass over every <devices> block: ./devices/TAG for each tag we map, in
-    # document order across blocks, and the count of ./devices/*.
     top = group(root)  # every child of <domain> by name, in document order
     os_blocks = top.get("os")
-    arch_attr, machine = _arch_machine(os_blocks)
+    arch_attr, machine, firmware = read_os(os_blocks)
     arch = arch_attr or "x86_64"
     ppc64 = arch.startswith("ppc64")
-    devices: dict[str, list[Element]] = {}
+    # One pass over every <devices> block: ./devices/TAG for each tag we map, in
+    # document order across blocks. The parser drops comments and processing
+    # instructions, so every child is an element and len() counts ./devices/*.
     blocks = top.get("devices") or ()
-    # The parser drops comments and processing instructions, so every child is an
-    # element; len() and the tag filter of iterchildren() run in C.
-    n_devices = sum(len(block) for block in blocks)
-    if n_devices <= MAX_DEVICES:
-        for block in blocks:
-            for el in block.iterchildren(*(_MAPPED if ppc64 else _MAPPED_NOT_PPC64)):
-                t = el.tag
+    n_devices = sum(map(len, blocks))
+    if n_devices > MAX_DEVICES:
+        raise InputError(f"domain lists {n_devices} devices, more than the {MAX_DEVICES} "
+                         "memlock-guard accepts")
+    devices: dict[str, list[Element]] = {}
+    mapped = _MAPPED if ppc64 else _MAPPED_NOT_PPC64
+    for block in blocks:
+        for el in block:
+            t = el.tag
+            if t in mapped:
                 lst = devices.get(t)
                 if lst is None:
                     devices[t] = [el]
                 else:
                     lst.append(el)
-    if n_devices > MAX_DEVICES:
-        raise InputError(f"domain lists {n_devices} devices, more than the {MAX_DEVICES} "
-                         "memlock-guard accepts")
 
     def dev(tag: str) -> list[Element]:
-        return devices.get(tag, [])
+        return devices.get(tag, _NONE)
 
     memory_devices = tuple(MemoryDevice.from_xml(e) for e in dev("memory"))
     vcpus = count(one(top, "vcpu"), "", what="<vcpu>")
@@ -152,7 +152,7 @@ def domain_from_element(root: Element) -> Domain:
         disks=disks,
         videos=videos_from_xml(dev("video"), arch=arch, machine=machine,
                                graphics=bool(graphics)),
-        firmware=Firmware.from_blocks(os_blocks),
+        firmware=firmware,
         controllers=tuple(Controller.from_xml(e) for e in dev("controller")),
         graphics=graphics,
         has_tpm=bool(dev("tpm")),
@@ -178,28 +178,12 @@ def _pinning_devices(hostdevs: tuple[Hostdev, ...], interfaces: tuple[Interface,
 
 
 # The device elements the model reads (each gathered across <devices> blocks).
-_MAPPED_NOT_PPC64 = ("memory", "hostdev", "interface", "disk", "video", "graphics", "tpm",
-                     "iommu")
+_MAPPED_NOT_PPC64 = frozenset(("memory", "hostdev", "interface", "disk", "video", "graphics",
+                               "tpm", "iommu"))
 # Only libvirt's pSeries formula reads controllers (its PHBs); a q35 domain can list
 # dozens of pcie-root-ports, so other architectures skip them.
-_MAPPED = (*_MAPPED_NOT_PPC64, "controller")
-
-
-def _arch_machine(os_blocks: list[Element] | None) -> tuple[str | None, str | None]:
-    """``string(./os/type/@arch)`` and ``@machine``: each from the first
-    ``<os><type>`` that has it, across repeated ``<os>`` blocks."""
-    arch = machine = None
-    for block in os_blocks or ():
-        for c in block:
-            if c.tag == "type":
-                if arch is None:
-                    arch = c.get("arch")
-                if machine is None:
-                    machine = c.get("machine")
-                if arch is not None and machine is not None:
-                    return arch.strip(), machine.strip()
-    return (arch.strip() if arch is not None else None,
-            machine.strip() if machine is not None else None)
+_MAPPED = _MAPPED_NOT_PPC64 | {"controller"}
+_NONE: list[Element] = []
 
 
 def _pci_buses(root: Element) -> tuple[int, ...]:
