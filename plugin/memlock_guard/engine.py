@@ -101,10 +101,10 @@ def _builtin_ledger(domain: Domain, host: HostFacts) -> Ledger:
 def _ledger(reasons: tuple[str, ...], exposures: list[Exposure],
             excluded: tuple[str, ...]) -> Ledger:
     n = len(reasons)
-    items = tuple(
+    items = tuple([
         LedgerItem(e.source, e.bytes, e.backing, e.readonly, e.kind, e.window, e.region,
                    n if e.containers is None else min(e.containers, n), e.note)
-        for e in exposures)
+        for e in exposures])
     return Ledger(items, n, reasons, excluded)
 
 

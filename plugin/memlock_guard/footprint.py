@@ -44,7 +44,9 @@ _DEVICE_KINDS = frozenset((Kind.VIDEO, Kind.OPTION_ROM, Kind.FIRMWARE))
 def qemu_footprint(domain: Domain, ledger: Ledger) -> int:
     total = domain.memory + domain.memory // 512
     # Video, option-ROM and firmware bytes, one copy each (one pass over the ledger).
-    total += sum(i.bytes for i in ledger.items if i.kind in _DEVICE_KINDS)
+    for i in ledger.items:
+        if i.kind in _DEVICE_KINDS:
+            total += i.bytes
     total += PER_VCPU * domain.vcpus + PER_IOTHREAD * max(domain.iothreads, 1) + QEMU_FIXED
     if domain.graphics:
         total += GRAPHICS

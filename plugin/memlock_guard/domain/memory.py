@@ -83,8 +83,8 @@ def total_memory(root: Element, devices: tuple[MemoryDevice, ...],
     """
     top = group(root) if top is None else top
     hotplug = sum(d.size for d in devices)
-    cells = [cell for cpu in top.get("cpu") or () for numa in cpu.iterchildren("numa")
-             for cell in numa.iterchildren("cell")]
+    cells = [cell for cpu in top.get("cpu") or () for numa in cpu if numa.tag == "numa"
+             for cell in numa if cell.tag == "cell"]
     if cells:
         numa = 0
         for i, cell in enumerate(cells):

@@ -111,27 +111,24 @@ def domain_from_element(root: Element) -> Domain:
     devices: dict[str, list[Element]] = {}
     mapped = _MAPPED if ppc64 else _MAPPED_NOT_PPC64
     for block in blocks:
-        for el in block:
+        for el in block.iterchildren(*mapped):  # matched in C: no proxy for the rest
             t = el.tag
-            if t in mapped:
-                lst = devices.get(t)
-                if lst is None:
-                    devices[t] = [el]
-                else:
-                    lst.append(el)
+            lst = devices.get(t)
+            if lst is None:
+                devices[t] = [el]
+            else:
+                lst.append(el)
 
-    def dev(tag: str) -> list[Element]:
-        return devices.get(tag, _NONE)
-
-    memory_devices = tuple(MemoryDevice.from_xml(e) for e in dev("memory"))
+    dev = devices.get
+    memory_devices = tuple(MemoryDevice.from_xml(e) for e in dev("memory", _NONE))
     vcpus = count(one(top, "vcpu"), "", what="<vcpu>")
     if vcpus == 0:
         raise InputError("<vcpu> is zero")  # libvirt refuses it too
-    graphics = tuple(e.get("type") or "?" for e in dev("graphics"))
-    iommu = dev("iommu")
-    hostdevs = tuple(Hostdev.from_xml(e) for e in dev("hostdev"))
-    interfaces = tuple(Interface.from_xml(e) for e in dev("interface"))
-    disks = tuple(Disk.from_xml(e) for e in dev("disk"))
+    graphics = tuple(e.get("type") or "?" for e in dev("graphics", _NONE))
+    iommu = dev("iommu", _NONE)
+    hostdevs = tuple(Hostdev.from_xml(e) for e in dev("hostdev", _NONE))
+    interfaces = tuple(Interface.from_xml(e) for e in dev("interface", _NONE))
+    disks = tuple(Disk.from_xml(e) for e in dev("disk", _NONE))
     vfio, nvme, vdpa = _pinning_devices(hostdevs, interfaces, disks)
     return Domain(
         name=text(one(top, "name")) or "(unnamed)",
@@ -150,12 +147,12 @@ def domain_from_element(root: Element) -> Domain:
         hostdevs=hostdevs,
         interfaces=interfaces,
         disks=disks,
-        videos=videos_from_xml(dev("video"), arch=arch, machine=machine,
+        videos=videos_from_xml(dev("video", _NONE), arch=arch, machine=machine,
                                graphics=bool(graphics)),
         firmware=firmware,
-        controllers=tuple(Controller.from_xml(e) for e in dev("controller")),
+        controllers=tuple(Controller.from_xml(e) for e in dev("controller", _NONE)),
         graphics=graphics,
-        has_tpm=bool(dev("tpm")),
+        has_tpm=bool(dev("tpm", _NONE)),
         launch_security=attr(one(top, "launchSecurity"), "type"),
         metadata=_our_metadata(one(top, "metadata")),
         # Only libvirt's pSeries formula needs them (every bus there is a PHB).
@@ -170,19 +167,28 @@ def _pinning_devices(hostdevs: tuple[Hostdev, ...], interfaces: tuple[Interface,
                      disks: tuple[Disk, ...]) -> tuple[tuple[str, ...], ...]:
     """(VFIO, NVMe, vDPA) device labels: computed once, as the container count, both
     baselines and the messages all ask for them."""
-    return (tuple([h.alias or h.source for h in hostdevs if h.is_vfio]
-                  + [i.label for i in interfaces if i.is_vfio]),
-            tuple(d.label for d in disks if d.nvme_in_chain),
-            tuple([i.label for i in interfaces if i.is_vdpa]
-                  + [d.label for d in disks if d.is_vhostvdpa]))
+    vfio = [h.alias or h.source for h in hostdevs if h.is_vfio]
+    vdpa = []
+    for i in interfaces:
+        if i.type == "hostdev":  # Interface.is_vfio
+            vfio.append(i.label)
+        elif i.type == "vdpa":  # Interface.is_vdpa
+            vdpa.append(i.label)
+    nvme = []
+    for d in disks:
+        if d.nvme_in_chain:
+            nvme.append(d.label)
+        if d.type == "vhostvdpa":  # Disk.is_vhostvdpa
+            vdpa.append(d.label)
+    return tuple(vfio), tuple(nvme), tuple(vdpa)
 
 
 # The device elements the model reads (each gathered across <devices> blocks).
-_MAPPED_NOT_PPC64 = frozenset(("memory", "hostdev", "interface", "disk", "video", "graphics",
-                               "tpm", "iommu"))
+_MAPPED_NOT_PPC64 = ("memory", "hostdev", "interface", "disk", "video", "graphics", "tpm",
+                     "iommu")
 # Only libvirt's pSeries formula reads controllers (its PHBs); a q35 domain can list
 # dozens of pcie-root-ports, so other architectures skip them.
-_MAPPED = _MAPPED_NOT_PPC64 | {"controller"}
+_MAPPED = (*_MAPPED_NOT_PPC64, "controller")
 _NONE: list[Element] = []
 
 
