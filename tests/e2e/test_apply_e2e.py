@@ -213,8 +213,6 @@ def test_no_data_lost_across_the_corpus(libvirtd: Libvirtd, tmp_path: Path) -> N
 def test_an_edit_racing_apply_survives(libvirtd: Libvirtd, tmp_path: Path) -> None:
     """A `virsh define` lands between apply's judgement and its commit: apply sees the
     definition changed (digest), judges the new one, and the edit survives."""
-    import dataclasses
-
     from memlock_guard import host, policy
     from memlock_guard import libvirt_client as lc
     from memlock_guard.reconcile import Judge, reconcile
@@ -223,8 +221,7 @@ def test_an_edit_racing_apply_survives(libvirtd: Libvirtd, tmp_path: Path) -> No
     conn = lc.connect(URI)
     try:
         dom = lc.lookup(conn, name)
-        facts = dataclasses.replace(host.collect(probe_qemu=True),
-                                    libvirt_version=lc.daemon_version(conn))
+        facts = host.collect(probe_qemu=True)._replace(libvirt_version=lc.daemon_version(conn))
         judge = Judge(policy=policy.load(str(policy_file(tmp_path))), host=facts)
 
         def user_edits(attempt: int) -> None:
