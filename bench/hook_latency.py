@@ -96,6 +96,9 @@ def main() -> int:
     for name, value in med.items():
         target = f"   target <= {TARGETS[name]}x" if name in TARGETS else ""
         print(f"  {name:9s} median {value * 1000:7.1f} ms   {value / base:5.2f}x{target}")
+    own = med["cold"] - med["imports"]
+    print(f"  cold - imports = {own * 1000:.1f} ms ({own / base:.2f}x): what a decision costs "
+          "beyond importing lxml and pluggy (policy, parse, engine, audit, our own imports)")
     print(f"  ({audit_lines} audit lines written by prepare and cold runs)")
     return 0
 

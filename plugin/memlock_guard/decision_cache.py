@@ -1,9 +1,10 @@
 """The hook's decision cache: skip lxml, pluggy and the engine when nothing changed.
 
-Measured (bench/hook_latency.py): a full decision costs about 7x starting Python, and
-importing lxml and pluggy alone is 3.5x of that, so no amount of tuning the engine
-reaches the 4x target; only not importing it does. libvirtd starts the same unchanged
-VMs over and over (host reboots, autostart, stop/start cycles), so most decisions repeat.
+Measured (bench/hook_latency.py, docs/performance.md): a full decision costs about 5x
+starting Python, and importing lxml and pluggy alone is 3.4x - 3.8x of it, so no amount
+of tuning the engine reaches the 4x target; only not importing it does. libvirtd
+starts the same unchanged VMs over and over (host reboots, autostart, stop/start
+cycles), so most decisions repeat.
 
 The key is a digest of everything a decision reads:
 - the op, and the domain XML (for prepare without the root's ``id='N'``, which libvirt

@@ -1,4 +1,4 @@
-"""Small typed accessors that map libvirt XML onto the frozen dataclasses.
+"""Small typed accessors that map libvirt XML onto the immutable records (NamedTuples).
 
 Each device family module uses only these, so the rules for reading attributes,
 yes/no switches and scaled integers live in one place.
