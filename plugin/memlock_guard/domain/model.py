@@ -17,10 +17,12 @@ from .memory import MemoryBacking, MemoryDevice, Memtune, total_memory
 from .video import Video, videos_from_xml
 from .xmlmap import (
     Element,
+    Kids,
     attr,
     count,
     every,
     group,
+    group_into,
     one,
     scaled,
     text,
@@ -108,16 +110,10 @@ def domain_from_element(root: Element) -> Domain:
     if n_devices > MAX_DEVICES:
         raise InputError(f"domain lists {n_devices} devices, more than the {MAX_DEVICES} "
                          "memlock-guard accepts")
-    devices: dict[str, list[Element]] = {}
+    devices: Kids = {}
     mapped = _MAPPED if ppc64 else _MAPPED_NOT_PPC64
-    for block in blocks:
-        for el in block.iterchildren(*mapped):  # matched in C: no proxy for the rest
-            t = el.tag
-            lst = devices.get(t)
-            if lst is None:
-                devices[t] = [el]
-            else:
-                lst.append(el)
+    for block in blocks:  # tags matched in C: no Python object for the rest
+        group_into(devices, block.iterchildren(*mapped))
 
     dev = devices.get
     memory_devices = tuple(MemoryDevice.from_xml(e) for e in dev("memory", _NONE))

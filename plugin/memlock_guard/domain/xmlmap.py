@@ -17,7 +17,7 @@ with ``virsh define`` + ``dumpxml``:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import cast
 
 from lxml import etree
@@ -74,8 +74,12 @@ _NONE: list[Element] = []
 
 
 def group(el: Element) -> Kids:
-    out: Kids = {}
-    for c in el:
+    return group_into({}, el)
+
+
+def group_into(out: Kids, children: Iterable[Element]) -> Kids:
+    """Add ``children`` to ``out`` by tag, after what is there (document order)."""
+    for c in children:
         t = c.tag
         lst = out.get(t)
         if lst is None:
