@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .xmlmap import Element, Kids, attr, group, one, switch
+from .xmlmap import Element, attr, switch
 
 
 class Rom(NamedTuple):
@@ -16,14 +16,6 @@ class Rom(NamedTuple):
     def suppressed(self) -> bool:
         """True when QEMU gets no ROM BAR at all (romfile='' or rombar=0)."""
         return self.enabled is False or self.bar is False
-
-    @classmethod
-    def from_xml(cls, parent: Element) -> Rom:
-        return cls.from_kids(group(parent))
-
-    @classmethod
-    def from_kids(cls, kids: Kids) -> Rom:
-        return cls.from_element(one(kids, "rom"))
 
     @classmethod
     def from_element(cls, el: Element | None) -> Rom:

@@ -127,15 +127,6 @@ def first_attr_in(parents: list[Element] | None, tag: str, name: str) -> str | N
     return None
 
 
-def attr_of(parents: list[Element] | None, name: str) -> str | None:
-    """``string(parent/@name)`` over repeated parents (the first that has it)."""
-    for p in parents or _NONE:
-        value = p.get(name)
-        if value is not None:
-            return value.strip()
-    return None
-
-
 def text(el: Element | None, path: str | None = None) -> str | None:
     node = el if path is None or el is None else first(el, path)
     if node is None:
@@ -150,15 +141,6 @@ def attr(el: Element | None, name: str, path: str | None = None) -> str | None:
         return None
     value = node.get(name)
     return value.strip() if value is not None else None
-
-
-def first_attr(root: Element, path: str, name: str) -> str | None:
-    """``string(path/@name)``: the attribute of the first ``path`` match that has it."""
-    for node in _walk(root, path.split("/"), 0):
-        value = node.get(name)
-        if value is not None:
-            return value.strip()
-    return None
 
 
 def switch(value: str | None) -> bool | None:
@@ -203,7 +185,3 @@ def count(el: Element | None, name: str, *, what: str) -> int | None:
     if raw is None or raw == "":
         return None
     return parse_unsigned(raw, what=what, limit=UINT_MAX)
-
-
-def address_type(el: Element) -> str | None:
-    return attr(el, "type", "address")
