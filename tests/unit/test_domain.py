@@ -103,6 +103,25 @@ def test_vdpa_devices_are_vdpa_interfaces_and_vhostvdpa_disks(full):
     assert len(full.vdpa_devices) == 2
 
 
+CHAINED = ("<disk type='file' device='disk'><source file='/top.qcow2'/>"
+           "<backingStore type='{mid}'><source dev='/x'/>"
+           "<backingStore type='{low}'><source dev='/y'/><backingStore/></backingStore>"
+           "</backingStore>"
+           "<mirror type='file' file='/copy.img' job='copy'><source file='/copy.img'/>"
+           "<backingStore type='nvme'><source type='pci'/></backingStore></mirror>"
+           "<target dev='vda' bus='virtio'/></disk>")
+
+
+@pytest.mark.parametrize(("mid", "low", "nvme", "vdpa"), [
+    ("file", "nvme", 1, 0),  # NVMe deep in the chain
+    ("vhostvdpa", "vhostvdpa", 0, 2),  # libvirt's nvdpa counts every vhostvdpa source
+    ("file", "file", 0, 0),  # the <mirror>'s NVMe chain is not the disk's
+])
+def test_the_backing_chain_is_the_disks_own(mid, low, nvme, vdpa):
+    d = domain(CHAINED.format(mid=mid, low=low))
+    assert (len(d.nvme_disks), len(d.vdpa_devices)) == (nvme, vdpa)
+
+
 def test_interface_model_and_rom(full):
     nic = full.interfaces[0]
     assert (nic.type, nic.model, nic.rom.file) == ("network", "e1000e", "/opt/roms/pxe.rom")

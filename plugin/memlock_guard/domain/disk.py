@@ -12,10 +12,8 @@ class Disk(NamedTuple):
     device: str | None
     target: str | None
     nvme_in_chain: bool  # libvirt's virStorageSourceChainHasNVMe
-
-    @property
-    def is_vhostvdpa(self) -> bool:
-        return self.type == "vhostvdpa"
+    # Sources of type vhostvdpa in the disk's chain: libvirt's nvdpa counts each one.
+    vdpa_sources: int = 0
 
     @property
     def label(self) -> str:
@@ -32,20 +30,23 @@ class Disk(NamedTuple):
                     target = c
             elif t == "backingStore" and backing is None:
                 backing = c
+        chain = [disk_type, *_backing_types(backing)] if backing is not None else [disk_type]
         return cls(
             type=disk_type,
             device=attr(el, "device"),
             target=attr(target, "dev"),
-            nvme_in_chain=disk_type == "nvme" or _chain_has_nvme(backing),
+            nvme_in_chain="nvme" in chain,
+            vdpa_sources=chain.count("vhostvdpa"),
         )
 
 
-def _chain_has_nvme(store: Element | None) -> bool:
-    """virStorageSourceChainHasNVMe over the disk's source chain: each <backingStore>
-    holds the next as its first <backingStore> child (a <mirror>'s chain is another
-    source, which libvirt does not count). Bounded by the parser's depth limit."""
+def _backing_types(store: Element | None) -> list[str | None]:
+    """The type of each source in the disk's backing chain, as libvirt walks it for
+    virStorageSourceChainHasNVMe and nvdpa: each <backingStore> holds the next as its
+    first <backingStore> child (a <mirror>'s chain is another source, not counted).
+    Bounded by the parser's depth limit."""
+    types = []
     while store is not None:
-        if store.get("type") == "nvme":
-            return True
+        types.append(store.get("type"))
         store = next(store.iterchildren("backingStore"), None)
-    return False
+    return types

@@ -174,8 +174,7 @@ def _pinning_devices(hostdevs: tuple[Hostdev, ...], interfaces: tuple[Interface,
     for d in disks:
         if d.nvme_in_chain:
             nvme.append(d.label)
-        if d.type == "vhostvdpa":  # Disk.is_vhostvdpa
-            vdpa.append(d.label)
+        vdpa += [d.label] * d.vdpa_sources
     return tuple(vfio), tuple(nvme), tuple(vdpa)
 
 
