@@ -68,7 +68,7 @@ def decide(op: str, data: bytes, progress: Progress, policy_path: str | None,
 
     files = domain_files(domain)
     facts = host_facts(files, facts_path)
-    pm = pol.plugin_manager(p) if p.plugins else None
+    pm = pol.plugin_manager(p)
     report = assess(domain, facts, pol.to_settings(p), pm)
     outcome = judge(op, report, p, root, progress)
     return Outcome(outcome.exit_code, outcome.record, outcome.stdout, outcome.stderr,
