@@ -44,9 +44,7 @@ _DEVICE_KINDS = frozenset((Kind.VIDEO, Kind.OPTION_ROM, Kind.FIRMWARE))
 def qemu_footprint(domain: Domain, ledger: Ledger) -> int:
     total = domain.memory + domain.memory // 512
     # Video, option-ROM and firmware bytes, one copy each (one pass over the ledger).
-    for i in ledger.items:
-        if i.kind in _DEVICE_KINDS:
-            total += i.bytes
+    total += sum(i.bytes for i in ledger.items if i.kind in _DEVICE_KINDS)
     total += PER_VCPU * domain.vcpus + PER_IOTHREAD * max(domain.iothreads, 1) + QEMU_FIXED
     if domain.graphics:
         total += GRAPHICS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .xmlmap import Element, attr
+from .xmlmap import Element, attr, firsts
 
 
 class Disk(NamedTuple):
@@ -22,15 +22,8 @@ class Disk(NamedTuple):
     @classmethod
     def from_xml(cls, el: Element) -> Disk:
         disk_type = attr(el, "type")
-        target = backing = None
-        for c in el:  # one pass: ./target[1] and ./backingStore[1]
-            t = c.tag
-            if t == "target":
-                if target is None:
-                    target = c
-            elif t == "backingStore" and backing is None:
-                backing = c
-        chain = [disk_type, *_backing_types(backing)] if backing is not None else [disk_type]
+        target, backing = firsts(el, _READ)
+        chain = [disk_type, *_backing_types(backing)]
         return cls(
             type=disk_type,
             device=attr(el, "device"),
@@ -38,6 +31,9 @@ class Disk(NamedTuple):
             nvme_in_chain="nvme" in chain,
             vdpa_sources=chain.count("vhostvdpa"),
         )
+
+
+_READ = ("target", "backingStore")
 
 
 def _backing_types(store: Element | None) -> list[str | None]:

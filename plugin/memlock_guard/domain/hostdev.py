@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .rom import Rom
-from .xmlmap import Element, attr, first_in
+from .xmlmap import Element, attr, first_in, group, one
 
 
 class Hostdev(NamedTuple):
@@ -28,32 +28,15 @@ class Hostdev(NamedTuple):
 
     @classmethod
     def from_xml(cls, el: Element) -> Hostdev:
-        driver = alias = rom = None
-        sources: list[Element] = []
-        addressed = False
-        for c in el:  # one pass: the first of each, every <source> (see xmlmap)
-            t = c.tag
-            if t == "source":
-                sources.append(c)
-            elif t == "driver":
-                if driver is None:
-                    driver = c
-            elif t == "alias":
-                if alias is None:
-                    alias = c
-            elif t == "rom":
-                if rom is None:
-                    rom = c
-            elif t == "address":
-                addressed = True
+        kids = group(el)
         return cls(
             mode=attr(el, "mode") or "subsystem",
             type=attr(el, "type"),
-            driver=attr(driver, "name"),
-            source=_source_label(el, first_in(sources, "address")),
-            alias=attr(alias, "name"),
-            rom=Rom.from_element(rom),
-            has_guest_address=addressed,
+            driver=attr(one(kids, "driver"), "name"),
+            source=_source_label(el, first_in(kids.get("source"), "address")),
+            alias=attr(one(kids, "alias"), "name"),
+            rom=Rom.from_element(one(kids, "rom")),
+            has_guest_address="address" in kids,
         )
 
 

@@ -163,18 +163,11 @@ def _pinning_devices(hostdevs: tuple[Hostdev, ...], interfaces: tuple[Interface,
                      disks: tuple[Disk, ...]) -> tuple[tuple[str, ...], ...]:
     """(VFIO, NVMe, vDPA) device labels: computed once, as the container count, both
     baselines and the messages all ask for them."""
-    vfio = [h.alias or h.source for h in hostdevs if h.is_vfio]
-    vdpa = []
-    for i in interfaces:
-        if i.type == "hostdev":  # Interface.is_vfio
-            vfio.append(i.label)
-        elif i.type == "vdpa":  # Interface.is_vdpa
-            vdpa.append(i.label)
-    nvme = []
-    for d in disks:
-        if d.nvme_in_chain:
-            nvme.append(d.label)
-        vdpa += [d.label] * d.vdpa_sources
+    vfio = ([h.alias or h.source for h in hostdevs if h.is_vfio]
+            + [i.label for i in interfaces if i.is_vfio])
+    nvme = [d.label for d in disks if d.nvme_in_chain]
+    vdpa = ([i.label for i in interfaces if i.is_vdpa]
+            + [d.label for d in disks for _ in range(d.vdpa_sources)])
     return tuple(vfio), tuple(nvme), tuple(vdpa)
 
 

@@ -40,7 +40,7 @@ def memlock_guard_exposures(domain: Domain, host: HostFacts) -> Iterable[Exposur
     kind = domain.firmware.kind
     out: list[Exposure] = []
     # SeaBIOS shadows itself; OVMF (pflash or -bios) and unknown images leave both mapped.
-    shadowed = Window.PRE_FIRMWARE if _shadows_itself(domain, kind) else None
+    shadowed = Window.PRE_FIRMWARE if _shadows_itself(domain) else None
     if kind == "pflash":
         if _pflash_has_isa_bios_copy(domain, host):
             out.append(Exposure("isa-bios (RAM copy of the pflash top)", ISA_BIOS_MAX,
@@ -69,7 +69,7 @@ def memlock_guard_exposures(domain: Domain, host: HostFacts) -> Iterable[Exposur
     return out
 
 
-def _shadows_itself(domain: Domain, kind: str) -> bool:
+def _shadows_itself(domain: Domain) -> bool:
     """Whether the firmware unmaps isa-bios and pc.rom before any ROM BAR is mapped.
 
     SeaBIOS copies itself into RAM and switches PAM to RAM within ~20 ms. OVMF does
@@ -78,9 +78,9 @@ def _shadows_itself(domain: Domain, kind: str) -> bool:
     ROM BAR. An image we cannot recognise as SeaBIOS is counted the same way.
     """
     fw = domain.firmware
-    if kind == "seabios":
+    if fw.kind == "seabios":
         return True
-    if kind == "rom":
+    if fw.kind == "rom":
         path = (fw.loader_path or "bios-256k.bin").lower()
         return _base(path) in SEABIOS_IMAGES or "seabios" in path
     return False
