@@ -1,7 +1,7 @@
 """The hook's decision cache: skip lxml, pluggy and the engine when nothing changed.
 
 Measured (bench/hook_latency.py, docs/performance.md): a full decision costs about 5x
-starting Python, and importing lxml and pluggy alone is 3.4x - 3.8x of it, so no amount
+starting Python, and importing lxml and pluggy alone is 3.3x - 3.8x of it, so no amount
 of tuning the engine reaches the 4x target; only not importing it does. libvirtd
 starts the same unchanged VMs over and over (host reboots, autostart, stop/start
 cycles), so most decisions repeat.
