@@ -24,15 +24,6 @@ from .host import HostFacts
 from .ledger import Backing, Exposure, Kind, Ledger, LedgerItem, Window
 from .units import MAX_BYTES
 
-_DEFAULT_PM: pluggy.PluginManager | None = None
-
-
-def default_manager() -> pluggy.PluginManager:
-    global _DEFAULT_PM
-    if _DEFAULT_PM is None:
-        _DEFAULT_PM = plugins.manager()
-    return _DEFAULT_PM
-
 
 def build_ledger(domain: Domain, host: HostFacts,
                  pm: pluggy.PluginManager | None = None) -> Ledger:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 from memlock_guard import host as hostmod
-from memlock_guard import render
+from memlock_guard import plugins, render
 from memlock_guard.baselines.libvirt import libvirt_limit
 from memlock_guard.domain import Domain, parse_domain
-from memlock_guard.engine import build_ledger, default_manager
+from memlock_guard.engine import build_ledger
 from memlock_guard.errors import InputError
 from memlock_guard.report import Settings, assess
 
@@ -58,7 +58,7 @@ def test_the_corpus_is_there():
 
 
 def test_every_file_is_estimated_or_refused_with_one_line(host):
-    pm = default_manager()  # one plugin manager for the whole corpus
+    pm = plugins.manager()  # one manager for the whole corpus; it checks every exposure
     start = time.perf_counter()
     estimated, refused, escaped = 0, 0, []
     for path in FILES:
@@ -111,7 +111,7 @@ def _both(src: Path, latest: Path, kvm: bool = False) -> tuple[Domain, Domain] |
 
 
 def test_input_and_libvirts_own_parse_give_the_same_ledger_and_limit(host):
-    pm = default_manager()
+    pm = plugins.manager()
     pairs = _pairs()
     assert len(pairs) > 900
     differ = []

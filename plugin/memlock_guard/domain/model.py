@@ -115,16 +115,18 @@ def domain_from_element(root: Element) -> Domain:
     for block in blocks:  # tags matched in C: no Python object for the rest
         group_into(devices, block.iterchildren(*mapped))
 
-    dev = devices.get
-    memory_devices = tuple(MemoryDevice.from_xml(e) for e in dev("memory", _NONE))
+    def dev(tag: str) -> list[Element]:
+        return devices.get(tag, _NONE)
+
+    memory_devices = tuple(MemoryDevice.from_xml(e) for e in dev("memory"))
     vcpus = count(one(top, "vcpu"), "", what="<vcpu>")
     if vcpus == 0:
         raise InputError("<vcpu> is zero")  # libvirt refuses it too
-    graphics = tuple(e.get("type") or "?" for e in dev("graphics", _NONE))
-    iommu = dev("iommu", _NONE)
-    hostdevs = tuple(Hostdev.from_xml(e) for e in dev("hostdev", _NONE))
-    interfaces = tuple(Interface.from_xml(e) for e in dev("interface", _NONE))
-    disks = tuple(Disk.from_xml(e) for e in dev("disk", _NONE))
+    graphics = tuple(e.get("type") or "?" for e in dev("graphics"))
+    iommu = dev("iommu")
+    hostdevs = tuple(Hostdev.from_xml(e) for e in dev("hostdev"))
+    interfaces = tuple(Interface.from_xml(e) for e in dev("interface"))
+    disks = tuple(Disk.from_xml(e) for e in dev("disk"))
     vfio, nvme, vdpa = _pinning_devices(hostdevs, interfaces, disks)
     return Domain(
         name=text(one(top, "name")) or "(unnamed)",
@@ -143,12 +145,12 @@ def domain_from_element(root: Element) -> Domain:
         hostdevs=hostdevs,
         interfaces=interfaces,
         disks=disks,
-        videos=videos_from_xml(dev("video", _NONE), arch=arch, machine=machine,
+        videos=videos_from_xml(dev("video"), arch=arch, machine=machine,
                                graphics=bool(graphics)),
         firmware=firmware,
-        controllers=tuple(Controller.from_xml(e) for e in dev("controller", _NONE)),
+        controllers=tuple(Controller.from_xml(e) for e in dev("controller")),
         graphics=graphics,
-        has_tpm=bool(dev("tpm", _NONE)),
+        has_tpm=bool(dev("tpm")),
         launch_security=attr(one(top, "launchSecurity"), "type"),
         metadata=_our_metadata(one(top, "metadata")),
         # Only libvirt's pSeries formula needs them (every bus there is a PHB).
