@@ -29,13 +29,13 @@ from lxml import etree
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "plugin"))
 
-from memlock_guard import host as hostmod  # noqa: E402
-from memlock_guard import xmlsafe  # noqa: E402
+from memlock_guard.accounting.engine import build_ledger  # noqa: E402
+from memlock_guard.accounting.report import Settings, assess  # noqa: E402
+from memlock_guard.commands.render import to_dict  # noqa: E402
 from memlock_guard.domain import domain_from_element, parse_domain  # noqa: E402
-from memlock_guard.engine import build_ledger  # noqa: E402
-from memlock_guard.errors import InputError  # noqa: E402
-from memlock_guard.render import to_dict  # noqa: E402
-from memlock_guard.report import Settings, assess  # noqa: E402
+from memlock_guard.host import facts as hostmod  # noqa: E402
+from memlock_guard.support import xmlsafe  # noqa: E402
+from memlock_guard.support.errors import InputError  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 CORPUS = ROOT.parent / "shared" / "corpus" / "libvirt-10.7.0"

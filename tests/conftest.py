@@ -32,7 +32,7 @@ PINNED_HOST = {
 
 @pytest.fixture
 def pinned_host():
-    from memlock_guard import host
+    from memlock_guard.host import facts as host
 
     return host.collect(override=PINNED_HOST)
 

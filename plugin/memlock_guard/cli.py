@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from . import __version__
 from .commands import VERBS
 from .commands.common import HelpFormatter
-from .errors import MemlockGuardError
+from .support.errors import MemlockGuardError
 
 DESCRIPTION = """\
 memlock-guard keeps VFIO/vDPA/NVMe passthrough VMs from failing on locked-memory

@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from memlock_guard import host as host_mod
-from memlock_guard import measure
+from memlock_guard.accounting.engine import build_ledger
 from memlock_guard.commands.common import domain_files
 from memlock_guard.domain import parse_domain
-from memlock_guard.engine import build_ledger
-from memlock_guard.units import KiB, MiB
+from memlock_guard.host import facts as host_mod
+from memlock_guard.measure import run as measure
+from memlock_guard.support.units import KiB, MiB
 
 from .conftest import Libvirtd, domain_type, unique_name
 

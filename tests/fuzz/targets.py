@@ -22,10 +22,10 @@ NS = "urn:memlock-guard:policy:1"
 def parser_target(data: bytes) -> None:
     """Arbitrary bytes as a domain XML: parse, judge, render. Only InputError may escape
     the parser, and a judged domain must render as text and as JSON."""
-    from memlock_guard import render
+    from memlock_guard.accounting.report import assess
+    from memlock_guard.commands import render
     from memlock_guard.domain import parse_domain
-    from memlock_guard.errors import InputError
-    from memlock_guard.report import assess
+    from memlock_guard.support.errors import InputError
 
     try:
         domain = parse_domain(data)
@@ -59,7 +59,7 @@ class HookHarness:
         self.runs = 0
 
     def __call__(self, data: bytes) -> None:
-        from memlock_guard import hook
+        from memlock_guard.hook import entry as hook
 
         on_error = "refuse" if len(data) % 2 else "allow"
         out, err = io.StringIO(), io.StringIO()
@@ -92,7 +92,7 @@ _HOST = None
 def _host():  # type: ignore[no-untyped-def]
     global _HOST
     if _HOST is None:
-        from memlock_guard import host
+        from memlock_guard.host import facts as host
 
         from tests.conftest import PINNED_HOST
 

@@ -49,7 +49,7 @@ def test_the_targets_catch_what_they_should() -> None:
     """A target that cannot fail finds nothing: check the assertions bite."""
     harness = HookHarness()
     try:
-        from memlock_guard import hook
+        from memlock_guard.hook import entry as hook
 
         real = hook.run
         hook.run = lambda *a, **k: 3  # type: ignore[assignment]

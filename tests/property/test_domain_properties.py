@@ -16,11 +16,13 @@ from typing import Any
 import pytest
 from hypothesis import given, note
 from hypothesis import strategies as st
-from memlock_guard import host, plugins, render
+from memlock_guard.accounting.ledger import Kind, Mode
+from memlock_guard.accounting.report import Report, Settings, assess
+from memlock_guard.commands import render
 from memlock_guard.domain import parse_domain
-from memlock_guard.errors import InputError
-from memlock_guard.ledger import Kind, Mode
-from memlock_guard.report import Report, Settings, assess
+from memlock_guard.host import facts as host
+from memlock_guard.plugins import manager as plugins
+from memlock_guard.support.errors import InputError
 
 from ..conftest import PINNED_HOST, ROOT
 from .strategies import (

@@ -2,7 +2,7 @@
 
 The reference below is written from libvirt's C (src/util/virstring.c virStrToLong_ullp,
 src/util/virutil.c virScaleInteger, src/conf/domain_conf.c virDomainParseMemory, 9.0
-through 12.x), step by step, sharing no code with memlock_guard.units. Where the C reads
+through 12.x), step by step, sharing no code with memlock_guard.support.units. Where the C reads
 as ambiguous, the behaviour was checked with ``virsh define`` on libvirt 9.0.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 from hypothesis import given, note
 from hypothesis import strategies as st
 from memlock_guard.domain import parse_domain
-from memlock_guard.errors import InputError
-from memlock_guard.units import parse_scaled
+from memlock_guard.support.errors import InputError
+from memlock_guard.support.units import parse_scaled
 
 from .strategies import SETTINGS
 

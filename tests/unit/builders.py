@@ -12,11 +12,11 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from memlock_guard.accounting.engine import build_ledger
+from memlock_guard.accounting.ledger import Kind, Ledger, LedgerItem
+from memlock_guard.accounting.report import Report, Settings, assess
 from memlock_guard.domain import Domain, parse_domain
-from memlock_guard.engine import build_ledger
-from memlock_guard.host import HostFacts
-from memlock_guard.ledger import Kind, Ledger, LedgerItem
-from memlock_guard.report import Report, Settings, assess
+from memlock_guard.host.facts import HostFacts
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 from lxml import etree
-from memlock_guard import apply as ap
-from memlock_guard import xmlsafe
+from memlock_guard.accounting.ledger import Mode
+from memlock_guard.accounting.report import Report, Settings, assess
 from memlock_guard.domain import parse_domain
-from memlock_guard.errors import InputError
-from memlock_guard.host import HostFacts
-from memlock_guard.ledger import Mode
-from memlock_guard.report import Report, Settings, assess
+from memlock_guard.host.facts import HostFacts
+from memlock_guard.libvirtd import apply as ap
+from memlock_guard.support import xmlsafe
+from memlock_guard.support.errors import InputError
 
 from ..apply_support import without_ours
 from ..conftest import CORPUS, ROOT

@@ -17,13 +17,14 @@ import time
 from pathlib import Path
 
 import pytest
-from memlock_guard import host as hostmod
-from memlock_guard import plugins, render
+from memlock_guard.accounting.engine import build_ledger
+from memlock_guard.accounting.report import Settings, assess
 from memlock_guard.baselines.libvirt import libvirt_limit
+from memlock_guard.commands import render
 from memlock_guard.domain import Domain, parse_domain
-from memlock_guard.engine import build_ledger
-from memlock_guard.errors import InputError
-from memlock_guard.report import Settings, assess
+from memlock_guard.host import facts as hostmod
+from memlock_guard.plugins import manager as plugins
+from memlock_guard.support.errors import InputError
 
 from ..conftest import CORPUS, PINNED_HOST
 from .test_schema import check_report

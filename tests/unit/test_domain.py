@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from memlock_guard.domain import Machine, parse_domain
-from memlock_guard.errors import InputError
+from memlock_guard.support.errors import InputError
 
 from .builders import NVME, VDPA_NET, VF_NET, GiB, MiB, domain, domain_xml, hostdevs
 

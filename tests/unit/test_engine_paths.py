@@ -11,11 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from memlock_guard import engine, plugins
-from memlock_guard import host as hostmod
+from memlock_guard.accounting import engine
+from memlock_guard.accounting.ledger import Ledger
 from memlock_guard.domain import parse_domain
-from memlock_guard.errors import InputError
-from memlock_guard.ledger import Ledger
+from memlock_guard.host import facts as hostmod
+from memlock_guard.plugins import manager as plugins
+from memlock_guard.support.errors import InputError
 
 from ..conftest import CORPUS, PINNED_HOST
 

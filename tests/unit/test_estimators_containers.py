@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from memlock_guard.ledger import Kind, Mode
+from memlock_guard.accounting.ledger import Kind, Mode
 
 from .builders import VF_NET, GiB, hostdevs, ledger, nvme_disks, vdpa_nets
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from memlock_guard import host as hostmod
-from memlock_guard.ledger import Backing, Kind
+from memlock_guard.accounting.ledger import Backing, Kind
+from memlock_guard.host import facts as hostmod
 
 from ..conftest import PINNED_HOST
 from .builders import PAGE, MiB, hostdevs, ledger, of_kind, pow2ceil, round_up

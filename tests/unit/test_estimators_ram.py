@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from memlock_guard.ledger import Backing, Kind
+from memlock_guard.accounting.ledger import Backing, Kind
 
 from .builders import GiB, MiB, hostdevs, ledger, of_kind
 

@@ -7,7 +7,7 @@ in one attribute, so items the rule does not touch cancel out.
 from __future__ import annotations
 
 import pytest
-from memlock_guard.ledger import Backing, Kind
+from memlock_guard.accounting.ledger import Backing, Kind
 
 from .builders import GiB, KiB, MiB, hostdevs, ledger, of_kind, pow2ceil, sizes, total
 

@@ -19,11 +19,14 @@ from typing import Any
 
 import pytest
 from lxml import etree
-from memlock_guard import cli, decision_cache, hook, host
+from memlock_guard import cli
+from memlock_guard.accounting.report import Settings, assess
 from memlock_guard.domain import parse_domain
-from memlock_guard.hook_decision import raise_hard_limit
-from memlock_guard.report import Settings, assess
-from memlock_guard.units import KiB, round_up
+from memlock_guard.hook import cache as decision_cache
+from memlock_guard.hook import entry as hook
+from memlock_guard.hook.decision import raise_hard_limit
+from memlock_guard.host import facts as host
+from memlock_guard.support.units import KiB, round_up
 
 from ..conftest import PINNED_HOST, ROOT
 from .builders import GiB, MiB, domain_xml, hostdevs
@@ -327,12 +330,12 @@ def test_a_corrupt_facts_cache_follows_on_error(env: Env):
 
 def test_an_internal_error_is_one_line_not_a_traceback(env: Env,
                                                        monkeypatch: pytest.MonkeyPatch):
-    import memlock_guard.report
+    import memlock_guard.accounting.report
 
     def boom(*a: Any, **k: Any) -> Any:
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(memlock_guard.report, "assess", boom)
+    monkeypatch.setattr(memlock_guard.accounting.report, "assess", boom)
     env.set_policy("<on-error>refuse</on-error>")
     r = env.run("prepare", passthrough())
     assert r.rc == 1
@@ -372,12 +375,12 @@ def test_a_stuck_step_ends_in_the_on_error_outcome(env: Env, monkeypatch: pytest
                                                    on_error: str, rc: int):
     import time
 
-    import memlock_guard.report
+    import memlock_guard.accounting.report
 
     def stuck(*a: Any, **k: Any) -> Any:
         time.sleep(30)
 
-    monkeypatch.setattr(memlock_guard.report, "assess", stuck)
+    monkeypatch.setattr(memlock_guard.accounting.report, "assess", stuck)
     env.set_policy(f"<on-error>{on_error}</on-error>")
     t0 = time.monotonic()
     r = env.run("prepare", passthrough(), deadline=0.3)
@@ -389,15 +392,15 @@ def test_a_stuck_step_ends_in_the_on_error_outcome(env: Env, monkeypatch: pytest
 
 WATCHDOG = textwrap.dedent("""
     import io, signal, sys, time
-    import memlock_guard.hook as hook
-    import memlock_guard.report
+    import memlock_guard.hook.entry as hook
+    import memlock_guard.accounting.report
     hook.WATCHDOG_GRACE = 0.2
     def stuck(*a, **k):
         # SIGALRM blocked: the signal's exception can never be raised, as when a step
         # is stuck inside C code; only the watchdog thread can end this.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
         time.sleep(60)
-    memlock_guard.report.assess = stuck
+    memlock_guard.accounting.report.assess = stuck
     rc = hook.run(["vm", "prepare", "begin", "-"], stdin=io.BytesIO(sys.stdin.buffer.read()),
                   policy_path=sys.argv[1], facts_path=sys.argv[2], deadline=0.3,
                   use_syslog=False)
@@ -488,7 +491,7 @@ def test_failures_and_plugin_policies_are_not_cached(env: Env):
 
 def test_the_cache_fingerprints_what_host_reads():
     """The cache key and HostFacts read the same sources (host_sources), not copies."""
-    from memlock_guard import host_sources
+    from memlock_guard.host import sources as host_sources
 
     assert decision_cache.DATA_DIRS is host_sources.DATA_DIRS is host.DEFAULT_DATA_DIRS
     assert decision_cache.ROM_SUFFIXES is host_sources.ROM_SUFFIXES is host._ROM_SUFFIXES
@@ -597,8 +600,9 @@ def test_a_replayed_decision_imports_no_engine(installed: tuple[Path, Env]):
     assert rc == 1 and "lxml.etree" in cold and "pluggy" in cold
     rc, warm = imports_of(script, "vm", "prepare", "begin", "-", stdin=xml)
     assert rc == 1
-    heavy = {m for m in warm if m.startswith(("lxml", "pluggy", "memlock_guard.report",
-                                              "memlock_guard.engine", "memlock_guard.policy"))}
+    heavy = {m for m in warm if m.startswith((
+        "lxml", "pluggy", "memlock_guard.accounting.report", "memlock_guard.accounting.engine",
+        "memlock_guard.policy.load"))}
     assert not heavy, heavy
     assert env.records()[-1]["cached"] is True
 
@@ -642,10 +646,10 @@ def test_the_hook_template_is_shipped_inside_the_package():
 
 def test_audit_lines_are_whole_under_many_writers(tmp_path: Path):
     """Concurrent appends from many processes never interleave (see also the e2e test)."""
-    from memlock_guard import audit
+    from memlock_guard.support import audit
 
     log = tmp_path / "a.jsonl"
-    code = ("import sys; from memlock_guard import audit\n"
+    code = ("import sys; from memlock_guard.support import audit\n"
             "for i in range(200):\n"
             "    audit.append(sys.argv[1], audit.entry(op='t', domain=sys.argv[2]*400,"
             " uuid=None, action='allow', n=i))\n")
@@ -658,7 +662,7 @@ def test_audit_lines_are_whole_under_many_writers(tmp_path: Path):
 
 
 def test_a_huge_error_message_still_gives_one_bounded_line():
-    from memlock_guard import audit
+    from memlock_guard.support import audit
 
     line = audit.encode(audit.entry(op="prepare", domain="x", uuid=None, action="allow",
                                     error="e" * 100_000))
@@ -667,7 +671,7 @@ def test_a_huge_error_message_still_gives_one_bounded_line():
 
 
 def test_an_audit_log_that_is_not_a_regular_file_is_not_written(tmp_path: Path):
-    from memlock_guard import audit
+    from memlock_guard.support import audit
 
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
@@ -678,7 +682,7 @@ def test_an_audit_log_that_is_not_a_regular_file_is_not_written(tmp_path: Path):
 
 
 def test_syslog_summary_is_one_line():
-    from memlock_guard import audit
+    from memlock_guard.support import audit
 
     s = audit.summary(audit.entry(op="prepare", domain="vm", uuid=None, action="refuse",
                                   verdict="short", mode="strict", required=2 * GiB,
@@ -689,7 +693,7 @@ def test_syslog_summary_is_one_line():
 
 
 def test_the_stderr_paragraph_carries_no_control_characters() -> None:
-    from memlock_guard.hook import one_paragraph
+    from memlock_guard.hook.entry import one_paragraph
 
     line = one_paragraph("domain 'vm\x1b[31m' needs\n\tmore\x07 memory")
     assert "\x1b" not in line and "\x07" not in line and "\n" not in line

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from memlock_guard import audit, hook
+from memlock_guard.hook import entry as hook
+from memlock_guard.support import audit
 
 from ..conftest import ROOT
 from .hostile_cases import (
@@ -58,7 +59,7 @@ SHORT = domain(hostdevs(3) + "<iommu model='intel'/><video><model type='qxl' ram
 PLUGINS = {
     "mg_t_sleepy": '''
 import time
-from memlock_guard.hookspecs import hookimpl
+from memlock_guard.plugins.spec import hookimpl
 
 class P:
     @hookimpl
@@ -73,7 +74,7 @@ plugin = P()
 ''',
     "mg_t_stuck": '''
 import signal, time
-from memlock_guard.hookspecs import hookimpl
+from memlock_guard.plugins.spec import hookimpl
 
 class P:
     @hookimpl
@@ -86,7 +87,7 @@ class P:
 plugin = P()
 ''',
     "mg_t_raises": '''
-from memlock_guard.hookspecs import hookimpl
+from memlock_guard.plugins.spec import hookimpl
 
 class P:
     @hookimpl
@@ -96,8 +97,8 @@ class P:
 plugin = P()
 ''',
     "mg_t_nonsense": '''
-from memlock_guard.hookspecs import hookimpl
-from memlock_guard.ledger import Backing, Exposure, Kind
+from memlock_guard.plugins.spec import hookimpl
+from memlock_guard.accounting.ledger import Backing, Exposure, Kind
 
 class P:
     @hookimpl
@@ -108,7 +109,7 @@ plugin = P()
 ''',
     "mg_t_exits": '''
 import sys
-from memlock_guard.hookspecs import hookimpl
+from memlock_guard.plugins.spec import hookimpl
 
 class P:
     @hookimpl
@@ -342,7 +343,7 @@ def test_unreadable_policy_follows_the_default_on_error(env: Env) -> None:
         pytest.skip("needs root and util-linux setpriv")
     policy = env.policy("refuse")
     policy.chmod(0o000)
-    script = ("import sys; from memlock_guard.hook import run; "
+    script = ("import sys; from memlock_guard.hook.entry import run; "
               "sys.exit(run(['hostile', 'prepare', 'begin', '-'], policy_path=sys.argv[1], "
               "facts_path=sys.argv[2], use_syslog=False))")
     p = subprocess.run([setpriv, "--bounding-set", "-dac_override,-dac_read_search",
@@ -441,7 +442,8 @@ def test_a_step_stuck_beyond_signals_is_ended_by_the_watchdog(on_error: str, env
     """The real deadline (5 s) and watchdog (+1 s), in a process of its own: the watchdog
     ends it with os._exit, answering libvirt long before anyone would notice a hang."""
     policy = env.policy(on_error, "<plugins><allow>stuck</allow></plugins>")
-    script = ("import sys; sys.path.insert(0, sys.argv[1]); from memlock_guard.hook import run; "
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); "
+              "from memlock_guard.hook.entry import run; "
               "sys.exit(run(['hostile', 'prepare', 'begin', '-'], policy_path=sys.argv[2], "
               "facts_path=sys.argv[3], use_syslog=False))")
     t = time.monotonic()

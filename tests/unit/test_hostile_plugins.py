@@ -15,13 +15,14 @@ from typing import Any
 
 import pluggy
 import pytest
-from memlock_guard import plugins, render
+from memlock_guard.accounting.engine import MAX_ITEMS, build_ledger
+from memlock_guard.accounting.ledger import Backing, Exposure, Kind, Mode
+from memlock_guard.accounting.report import assess
+from memlock_guard.commands import render
 from memlock_guard.domain import Domain, parse_domain
-from memlock_guard.engine import MAX_ITEMS, build_ledger
-from memlock_guard.hookspecs import hookimpl
-from memlock_guard.host import HostFacts
-from memlock_guard.ledger import Backing, Exposure, Kind, Mode
-from memlock_guard.report import assess
+from memlock_guard.host.facts import HostFacts
+from memlock_guard.plugins import manager as plugins
+from memlock_guard.plugins.spec import hookimpl
 
 from .hostile_cases import domain, hostdevs
 

@@ -13,11 +13,11 @@ a real libvirtd (the expected values below are what libvirt kept or refused):
 from __future__ import annotations
 
 import pytest
+from memlock_guard.accounting.engine import build_ledger
 from memlock_guard.domain import parse_domain
 from memlock_guard.domain.model import MAX_DEVICES
-from memlock_guard.engine import build_ledger
-from memlock_guard.errors import InputError
-from memlock_guard.units import MAX_MEMORY_BYTES, parse_scaled
+from memlock_guard.support.errors import InputError
+from memlock_guard.support.units import MAX_MEMORY_BYTES, parse_scaled
 
 from .hostile_cases import HOSTDEV, domain, hostdevs
 
@@ -135,7 +135,7 @@ def test_video_values_libvirt_refuses_are_refused(attrs: str) -> None:
 
 def test_largest_video_sizes_stay_in_range() -> None:
     """UINT_MAX KiB everywhere: every ledger number still fits in a signed 64-bit int."""
-    from memlock_guard import host
+    from memlock_guard.host import facts as host
 
     v = "vram='4294967295' ram='4294967295' vgamem='4294967295' vram64='4294967295'"
     d = parse_domain(domain(f"<video><model type='qxl' {v}/></video>"

@@ -10,12 +10,13 @@ import pytest
 
 pytest.importorskip("libvirt")
 
-from memlock_guard import audit, cli
-from memlock_guard import libvirt_client as lc
-from memlock_guard import policy as policymod
-from memlock_guard.errors import MemlockGuardError
-from memlock_guard.host import HostFacts
-from memlock_guard.reconcile import MAX_ATTEMPTS, Judge, reconcile
+from memlock_guard import cli
+from memlock_guard.host.facts import HostFacts
+from memlock_guard.libvirtd import client as lc
+from memlock_guard.libvirtd.reconcile import MAX_ATTEMPTS, Judge, reconcile
+from memlock_guard.policy import load as policymod
+from memlock_guard.support import audit
+from memlock_guard.support.errors import MemlockGuardError
 
 from ..conftest import ROOT
 from .testdriver import FITTING_DOMAIN, URI, Driver, open_test_driver, short_xml

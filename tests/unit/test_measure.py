@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
-from memlock_guard import measure
+from memlock_guard.accounting.engine import build_ledger
 from memlock_guard.cli import main
 from memlock_guard.domain import parse_domain
-from memlock_guard.engine import build_ledger
-from memlock_guard.measure import (
+from memlock_guard.measure import run as measure
+from memlock_guard.measure.run import (
     BarEvent,
     FlatRange,
     FlatView,

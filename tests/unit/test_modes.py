@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from memlock_guard import host as hostmod
-from memlock_guard.ledger import Backing, Kind, Ledger, LedgerItem, Mode, Window
-from memlock_guard.modes import resolve
+from memlock_guard.accounting.ledger import Backing, Kind, Ledger, LedgerItem, Mode, Window
+from memlock_guard.accounting.modes import resolve
+from memlock_guard.host import facts as hostmod
 
 from ..conftest import PINNED_HOST
 from .builders import GiB, KiB, MiB, hostdevs, ledger

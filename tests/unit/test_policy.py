@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from lxml import etree
-from memlock_guard import policy as pol
+from memlock_guard.accounting.ledger import Mode
+from memlock_guard.accounting.report import Settings
 from memlock_guard.domain import parse_domain
-from memlock_guard.errors import InputError
-from memlock_guard.ledger import Mode
-from memlock_guard.report import Settings
+from memlock_guard.policy import load as pol
+from memlock_guard.support.errors import InputError
 
 from .builders import GiB, KiB, MiB, domain_xml
 
@@ -176,7 +176,9 @@ def test_the_relaxng_schema_and_the_checks_agree(data: bytes):
 
 
 def test_the_schema_is_shipped_inside_the_package():
-    packaged = Path(pol.__file__).parent / "data" / "policy.rng"
+    from memlock_guard.support.defaults import PACKAGE_DIR
+
+    packaged = Path(PACKAGE_DIR) / "data" / "policy.rng"
     assert packaged.is_file()
     assert packaged.read_bytes() == (Path(__file__).parents[2] / "schemas" /
                                      "policy.rng").read_bytes()

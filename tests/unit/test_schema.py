@@ -89,9 +89,10 @@ def test_a_spread_of_corpus_files_validates(capsys, pinned_host_file, xml):
 
 @pytest.fixture(scope="module")
 def sample() -> dict[str, Any]:
-    from memlock_guard import host, render
+    from memlock_guard.accounting.report import assess
+    from memlock_guard.commands import render
     from memlock_guard.domain import parse_domain
-    from memlock_guard.report import assess
+    from memlock_guard.host import facts as host
 
     from ..conftest import PINNED_HOST
 

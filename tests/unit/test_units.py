@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from memlock_guard.domain import parse_domain
-from memlock_guard.errors import InputError
-from memlock_guard.units import human, parse_scaled, parse_size, pow2ceil, unit_scale
+from memlock_guard.support.errors import InputError
+from memlock_guard.support.units import human, parse_scaled, parse_size, pow2ceil, unit_scale
 
 from .builders import GiB, KiB, MiB, domain, domain_xml
 

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from memlock_guard import host as hostmod
-from memlock_guard.ledger import Backing, Kind, Ledger, LedgerItem, Mode
-from memlock_guard.render import sentence
-from memlock_guard.report import DEFAULT_MARGIN
-from memlock_guard.verdict import EffectiveLimit, Outcome, judge
+from memlock_guard.accounting.ledger import Backing, Kind, Ledger, LedgerItem, Mode
+from memlock_guard.accounting.report import DEFAULT_MARGIN
+from memlock_guard.accounting.verdict import EffectiveLimit, Outcome, judge
+from memlock_guard.commands.render import sentence
+from memlock_guard.host import facts as hostmod
 
 from ..conftest import PINNED_HOST
 from .builders import GiB, KiB, MiB, domain_xml, hostdevs, report, round_up

@@ -12,11 +12,11 @@ import pytest
 
 pytest.importorskip("libvirt")
 
-from memlock_guard import audit
-from memlock_guard import policy as policymod
-from memlock_guard.host import HostFacts
-from memlock_guard.reconcile import Judge
-from memlock_guard.watch import PolicySource, Watcher
+from memlock_guard.host.facts import HostFacts
+from memlock_guard.libvirtd.reconcile import Judge
+from memlock_guard.libvirtd.watch import PolicySource, Watcher
+from memlock_guard.policy import load as policymod
+from memlock_guard.support import audit
 
 from .testdriver import FITTING_DOMAIN, URI, Driver, open_test_driver, short_xml
 
@@ -217,8 +217,8 @@ def test_a_policy_file_change_resyncs_every_domain(td: Driver, pinned_host: Host
 def test_a_lasting_failure_does_not_spin(td: Driver) -> None:
     """Host facts that cannot be read (say) fail every connection: watch logs, pauses
     and tries again, instead of reconnecting in a tight loop."""
-    from memlock_guard import libvirt_client as lc
-    from memlock_guard.errors import InputError
+    from memlock_guard.libvirtd import client as lc
+    from memlock_guard.support.errors import InputError
 
     def broken(_conn: Any, _pol: policymod.Policy) -> Judge:
         raise InputError("cannot read host facts /nonexistent: No such file or directory")

@@ -6,9 +6,9 @@ import io
 from typing import ClassVar
 
 import pytest
-from memlock_guard import xmlsafe
 from memlock_guard.domain import parse_domain
-from memlock_guard.errors import InputError
+from memlock_guard.support import xmlsafe
+from memlock_guard.support.errors import InputError
 
 from .builders import GiB, domain_xml
 

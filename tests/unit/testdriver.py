@@ -86,7 +86,7 @@ class Driver:
 
 def open_test_driver(tmp: Path) -> Driver:
     import libvirt  # type: ignore[import-untyped]
-    from memlock_guard import watch
+    from memlock_guard.libvirtd import watch
 
     # Before the first connection: the test driver binds its event delivery to the
     # event loop registered when it is created.

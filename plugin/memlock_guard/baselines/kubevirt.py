@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..domain import Domain
-from ..units import GiB, MiB
+from ..support.units import GiB, MiB
 
 KNOWN_VERSIONS = ("1.0", "1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "1.7", "1.8", "1.9", "main")
 DEFAULT_VERSION = "1.9"

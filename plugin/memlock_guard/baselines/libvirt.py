@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..domain import Domain
-from ..units import GiB, KiB, MiB, round_up
+from ..support.units import GiB, KiB, MiB, round_up
 
 # VIR_DOMAIN_MEMORY_PARAM_UNLIMITED (INT64_MAX >> 10), in the units libvirt keeps it.
 LIBVIRT_UNLIMITED = 9007199254740991

@@ -46,10 +46,10 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from .. import audit
-    from .. import libvirt_client as lc
-    from ..errors import MemlockGuardError
-    from ..reconcile import audit_record, reconcile
+    from ..libvirtd import client as lc
+    from ..libvirtd.reconcile import audit_record, reconcile
+    from ..support import audit
+    from ..support.errors import MemlockGuardError
     from .libvirt_common import load_policy, make_judge, refuse_kubevirt, selected, uri
 
     refuse_kubevirt(args, "apply")
@@ -105,7 +105,7 @@ def _doc(out: Any, dry_run: bool) -> dict[str, Any]:
 
 
 def _print_text(doc: dict[str, Any]) -> None:
-    from ..units import human
+    from ..support.units import human
 
     name = doc["domain"]
     if doc["action"] == "skip":

@@ -46,7 +46,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from .. import libvirt_client as lc
+    from ..libvirtd import client as lc
     from .libvirt_common import load_policy, make_judge, selected, uri
 
     policy = load_policy(args)  # a broken policy fails before libvirt is contacted
@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _row(dom: Any, judge: Any) -> Row:
-    from .. import libvirt_client as lc
-    from ..errors import MemlockGuardError
+    from ..libvirtd import client as lc
+    from ..support.errors import MemlockGuardError
 
     name, uuid = dom.name(), dom.UUIDString()
     try:
@@ -99,7 +99,7 @@ def _row(dom: Any, judge: Any) -> Row:
 
 
 def _table(rows: list[Row]) -> str:
-    from ..units import human
+    from ..support.units import human
 
     cells = [("DOMAIN", "MODE", "REQUIRED", "LIMIT", "HEADROOM", "VERDICT")]
     for r in rows:

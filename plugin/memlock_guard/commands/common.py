@@ -7,12 +7,12 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from ..errors import InputError
+from ..support.errors import InputError
 
 if TYPE_CHECKING:
+    from ..accounting.report import Settings
     from ..domain import Domain
-    from ..host import HostFacts
-    from ..report import Settings
+    from ..host.facts import HostFacts
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -45,11 +45,11 @@ def add_judgement_options(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
+    from ..accounting.ledger import Mode
+    from ..accounting.report import DEFAULT_MARGIN, Settings
     from ..baselines.kubevirt import DEFAULT_VERSION, KNOWN_VERSIONS
-    from ..host import parse_version
-    from ..ledger import Mode
-    from ..report import DEFAULT_MARGIN, Settings
-    from ..units import parse_size
+    from ..host.facts import parse_version
+    from ..support.units import parse_size
 
     kv = args.kubevirt_version or DEFAULT_VERSION
     if kv not in KNOWN_VERSIONS:
@@ -70,7 +70,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def host_facts(args: argparse.Namespace, extra_files: tuple[str, ...] = ()) -> HostFacts:
-    from .. import host
+    from ..host import facts as host
 
     override = host.load_override(args.host_facts) if args.host_facts else None
     return host.collect(extra_files=extra_files, probe_qemu=True, probe_libvirt=True,
@@ -85,7 +85,7 @@ def domain_files(domain: Domain) -> tuple[str, ...]:
 
 
 def read_xml_arg(path: str) -> bytes:
-    from .. import xmlsafe
+    from ..support import xmlsafe
 
     if path == "-":
         return xmlsafe.read_limited(sys.stdin.buffer, what="domain XML on stdin")

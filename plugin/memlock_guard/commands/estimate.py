@@ -32,9 +32,9 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import render
+    from ..accounting.report import assess
     from ..domain import parse_domain
-    from ..report import assess
+    from . import render
     from .common import domain_files, host_facts, read_xml_arg, settings_from_args
 
     domain = parse_domain(read_xml_arg(args.xml))

@@ -9,8 +9,8 @@ from .common import add_judgement_options
 from .libvirt_common import add_connect_options
 
 if TYPE_CHECKING:
-    from ..apply import Provenance
-    from ..report import Report
+    from ..accounting.report import Report
+    from ..libvirtd.apply import Provenance
 
 HELP = "explain the locked-memory verdict of a defined domain, baselines side by side"
 DESCRIPTION = """\
@@ -44,10 +44,10 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from .. import apply as applymod
-    from .. import libvirt_client as lc
-    from .. import render
-    from ..errors import InputError
+    from ..libvirtd import apply as applymod
+    from ..libvirtd import client as lc
+    from ..support.errors import InputError
+    from . import render
     from .libvirt_common import make_judge, uri
 
     conn = lc.connect(uri(args))
@@ -119,7 +119,7 @@ def side_by_side(r: Report) -> list[dict[str, Any]]:
 
 
 def _table(r: Report, rows: list[dict[str, Any]]) -> str:
-    from ..units import human
+    from ..support.units import human
 
     v = r.verdict
     lines = [f"side by side: QEMU's memlock limit under each rule, against the "
@@ -141,7 +141,7 @@ def _table(r: Report, rows: list[dict[str, Any]]) -> str:
 
 
 def _prov_dict(prov: Provenance | None, r: Report) -> dict[str, Any] | None:
-    from ..apply import ledger_digest
+    from ..libvirtd.apply import ledger_digest
 
     if prov is None:
         return None
@@ -152,7 +152,7 @@ def _prov_dict(prov: Provenance | None, r: Report) -> dict[str, Any] | None:
 
 
 def _prov_line(prov: Provenance | None, r: Report) -> str | None:
-    from ..units import human
+    from ..support.units import human
 
     d = _prov_dict(prov, r)
     if d is None or prov is None:

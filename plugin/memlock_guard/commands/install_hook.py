@@ -50,7 +50,7 @@ MAX_SHEBANG = 255  # Linux BINPRM_BUF_SIZE (256) including the newline
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from ..hook import DECISION_CACHE, FACTS_CACHE
+    from ..hook.entry import DECISION_CACHE, FACTS_CACHE
 
     p.add_argument("--hooks-dir", metavar="DIR", default=DEFAULT_HOOKS_DIR,
                    help=f"libvirt's hook directory (default {DEFAULT_HOOKS_DIR})")
@@ -86,7 +86,7 @@ def is_ours(path: str) -> bool:
 def render(python: str, policy_path: str | None, facts_path: str | None,
            cache_dir: str | None) -> str:
     """hooks/qemu with the interpreter, policy path, facts cache and decision cache."""
-    from ..errors import InputError
+    from ..support.errors import InputError
 
     template = _template()
     shebang = f"#!{python} -IS"
@@ -113,15 +113,14 @@ def render(python: str, policy_path: str | None, facts_path: str | None,
 
 
 def _template() -> str:
-    from pathlib import Path
+    from ..support.defaults import package_file
+    from ..support.errors import InputError
 
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (here / "data" / "qemu-hook", here.parent.parent / "hooks" / "qemu"):
-        if candidate.is_file():
-            return candidate.read_text()
-    from ..errors import InputError
-
-    raise InputError("the hook template hooks/qemu is missing from this installation")
+    path = package_file("qemu-hook", "hooks/qemu")
+    if path is None:
+        raise InputError("the hook template hooks/qemu is missing from this installation")
+    with open(path) as f:
+        return f.read()
 
 
 def write_atomically(path: str, text: str, mode: int) -> None:
@@ -144,7 +143,7 @@ def cache_host_facts(path: str) -> dict[str, object]:
     """Probe what the hook cannot afford per start and write it where the hook reads it."""
     import json
 
-    from .. import host
+    from ..host import facts as host
 
     facts = host.collect(probe_qemu=True, probe_libvirt=True)
     version = facts.libvirt_version or _daemon_version()
@@ -181,8 +180,8 @@ def _daemon_version() -> tuple[int, int, int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import policy as pol
-    from ..errors import InputError
+    from ..policy import load as pol
+    from ..support.errors import InputError
 
     python = args.python
     if not os.path.isabs(python) or not os.access(python, os.X_OK):
@@ -230,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"removed the earlier {other}")
 
     if cache_dir:
-        from ..decision_cache import clear
+        from ..hook.cache import clear
 
         clear(cache_dir)  # answers of an earlier engine or policy must not be replayed
     facts = cache_host_facts(args.facts_cache) if args.facts_cache else {}

@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError
+from ..support.errors import InputError
 
 if TYPE_CHECKING:
-    from ..policy import Policy
-    from ..reconcile import Judge
+    from ..libvirtd.reconcile import Judge
+    from ..policy.load import Policy
 
 CONNECT_HELP = ("libvirt connection URI (default qemu:///system; e.g. qemu:///session, "
                 "test:///default). Host facts (ROM files, kernel) are read on this "
@@ -35,7 +35,7 @@ def add_selection(p: argparse.ArgumentParser, *, what: str) -> None:
 
 
 def uri(args: argparse.Namespace) -> str:
-    from ..libvirt_client import DEFAULT_URI
+    from ..libvirtd.client import DEFAULT_URI
 
     return str(args.connect or DEFAULT_URI)
 
@@ -49,7 +49,7 @@ def refuse_kubevirt(args: argparse.Namespace, verb: str) -> None:
 
 
 def load_policy(args: argparse.Namespace) -> Policy:
-    from .. import policy
+    from ..policy import load as policy
 
     path, named = policy.policy_path(args.policy)
     return policy.load(path, named=named)
@@ -79,10 +79,10 @@ def overrides(args: argparse.Namespace) -> tuple[tuple[str, Any], ...]:
 
 def make_judge(args: argparse.Namespace, conn: Any, policy: Policy | None = None) -> Judge:
     """Judge domains as the hook will: the policy, this host, the daemon's libvirt rules."""
-    from .. import host as hostmod
-    from .. import libvirt_client as lc
-    from .. import policy as policymod
-    from ..reconcile import Judge
+    from ..host import facts as hostmod
+    from ..libvirtd import client as lc
+    from ..libvirtd.reconcile import Judge
+    from ..policy import load as policymod
 
     p = policy if policy is not None else load_policy(args)
     override = hostmod.load_override(args.host_facts) if args.host_facts else None
@@ -98,7 +98,7 @@ def make_judge(args: argparse.Namespace, conn: Any, policy: Policy | None = None
 
 def selected(conn: Any, args: argparse.Namespace, *, persistent_only: bool) -> list[Any]:
     """The domains named on the command line, or every one with --all."""
-    from .. import libvirt_client as lc
+    from ..libvirtd import client as lc
 
     if args.all and args.domains:
         raise InputError("give DOMAIN names or --all, not both")

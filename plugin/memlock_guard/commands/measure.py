@@ -7,7 +7,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..measure import Measurement
+    from ..measure.run import Measurement
 
 HELP = "read what a running QEMU maps for DMA (or follow a boot) and compare with the estimate"
 DESCRIPTION = """\
@@ -68,11 +68,11 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..accounting.engine import build_ledger
+    from ..accounting.ledger import Kind
     from ..domain import parse_domain
-    from ..engine import build_ledger
-    from ..errors import InputError
-    from ..ledger import Kind
-    from ..measure import estimated_non_ram, measure_boot, measure_now, open_target
+    from ..measure.run import estimated_non_ram, measure_boot, measure_now, open_target
+    from ..support.errors import InputError
     from .common import domain_files, host_facts
 
     if args.settle <= 0 or args.timeout <= 0:
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(m: Measurement, estimate: int, always: int,
             items: list[tuple[str, int, str | None]]) -> dict[str, Any]:
-    from ..measure import tolerance
+    from ..measure.run import tolerance
 
     diff = estimate - m.non_ram_bytes
     tol = tolerance(m.non_ram_bytes)
@@ -129,7 +129,7 @@ def _report(m: Measurement, estimate: int, always: int,
 
 
 def _text(m: Measurement, r: dict[str, Any]) -> str:
-    from ..units import KiB, human
+    from ..support.units import KiB, human
 
     def kib(n: int) -> str:
         if n % KiB or n < 1024 * KiB:

@@ -24,7 +24,7 @@ exit status: 0 (also when there was nothing to remove)."""
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from ..hook import DECISION_CACHE, FACTS_CACHE
+    from ..hook.entry import DECISION_CACHE, FACTS_CACHE
     from .install_hook import DEFAULT_HOOKS_DIR
 
     p.add_argument("--hooks-dir", metavar="DIR", default=DEFAULT_HOOKS_DIR,
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         os.unlink(args.facts_cache)
         print(f"removed {args.facts_cache}")
     if args.decision_cache and os.path.isdir(args.decision_cache):
-        from ..decision_cache import clear
+        from ..hook.cache import clear
 
         clear(args.decision_cache)
         try:

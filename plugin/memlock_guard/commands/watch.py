@@ -57,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import threading
 
-    from .. import policy as policymod
-    from ..errors import InputError
-    from ..watch import PolicySource, Watcher
+    from ..libvirtd.watch import PolicySource, Watcher
+    from ..policy import load as policymod
+    from ..support.errors import InputError
     from .libvirt_common import make_judge, refuse_kubevirt, uri
 
     refuse_kubevirt(args, "watch")
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     source = PolicySource(path, named)  # an unusable policy at start: exit 2 at once
     # Parse the judgement options and the host-facts file now, so a typo fails at once
     # (exit 2) instead of at every reconnect.
-    from .. import host as hostmod
+    from ..host import facts as hostmod
     from .libvirt_common import overrides
 
     overrides(args)
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
-        logging.getLogger("memlock_guard.watch").info("signal %d: stopping", signum)
+        logging.getLogger("memlock_guard.libvirtd.watch").info("signal %d: stopping", signum)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..errors import InputError
-from ..units import MAX_MEMORY_BYTES, parse_scaled
+from ..support.errors import InputError
+from ..support.units import MAX_MEMORY_BYTES, parse_scaled
 from .xmlmap import Element, Kids, attr, first, first_attr_in, first_in, group, one, scaled
 
 

@@ -6,8 +6,8 @@ from typing import NamedTuple
 
 from lxml import etree
 
-from .. import xmlsafe
-from ..errors import InputError
+from ..support import xmlsafe
+from ..support.errors import InputError
 from .controller import Controller, pci_number
 from .disk import Disk
 from .firmware import Firmware, Machine, read_os

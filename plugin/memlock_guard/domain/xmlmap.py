@@ -22,7 +22,7 @@ from typing import cast
 
 from lxml import etree
 
-from ..units import UINT_MAX, KiB, parse_scaled, parse_unsigned
+from ..support.units import UINT_MAX, KiB, parse_scaled, parse_unsigned
 
 Element = etree._Element
 

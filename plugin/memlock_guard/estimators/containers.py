@@ -12,8 +12,8 @@ from collections.abc import Iterable
 
 from ..baselines.libvirt import has_viommu
 from ..domain import Domain
-from ..hookspecs import hookimpl
-from ..host import HostFacts
+from ..host.facts import HostFacts
+from ..plugins.spec import hookimpl
 
 
 @hookimpl

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ..accounting.ledger import Backing, Exposure, Kind, Window
 from ..domain import Domain
-from ..hookspecs import hookimpl
-from ..host import HostFacts
-from ..ledger import Backing, Exposure, Kind, Window
-from ..units import KiB, MiB
+from ..host.facts import HostFacts
+from ..plugins.spec import hookimpl
+from ..support.units import KiB, MiB
 
 ISA_BIOS_MAX = 128 * KiB
 PC_ROM_SIZE = 128 * KiB  # PC_ROM_SIZE in hw/i386/pc.c

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ..accounting.ledger import Exposure
 from ..domain import Domain, Interface
-from ..hookspecs import hookimpl
-from ..host import HostFacts
-from ..ledger import Exposure
+from ..host.facts import HostFacts
+from ..plugins.spec import hookimpl
 from .rom_bar import rom_bar
 
 NIC_ROMS = {

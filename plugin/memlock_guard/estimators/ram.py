@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ..accounting.ledger import Backing, Exposure, Kind
 from ..domain import Domain
-from ..hookspecs import hookimpl
-from ..host import HostFacts
-from ..ledger import Backing, Exposure, Kind
+from ..host.facts import HostFacts
+from ..plugins.spec import hookimpl
 
 
 @hookimpl

@@ -7,9 +7,9 @@ are never written, so a read-only pin got the shared zero page before Linux 6.2.
 
 from __future__ import annotations
 
-from ..host import HostFacts
-from ..ledger import Backing, Exposure, Kind, Window
-from ..units import MiB, pow2ceil, round_up
+from ..accounting.ledger import Backing, Exposure, Kind, Window
+from ..host.facts import HostFacts
+from ..support.units import MiB, pow2ceil, round_up
 
 PAGE = 4096
 # When a <rom file> cannot be read here we assume this much; big GPU vBIOS images

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from ..accounting.ledger import Backing, Exposure, Kind
 from ..domain import Domain, Video
-from ..hookspecs import hookimpl
-from ..host import HostFacts
-from ..ledger import Backing, Exposure, Kind
-from ..units import KiB, MiB, pow2ceil
+from ..host.facts import HostFacts
+from ..plugins.spec import hookimpl
+from ..support.units import KiB, MiB, pow2ceil
 from .rom_bar import rom_bar
 
 # libvirt's defaults when the XML leaves a size out (virDomainVideoDefaultRAM and

@@ -33,7 +33,8 @@ import os
 import re
 import stat
 
-from . import host_sources
+from ..host import sources as host_sources
+from ..support.defaults import PACKAGE_DIR
 
 try:  # CPython's own BLAKE2: importing hashlib would load OpenSSL first (3 ms a start)
     from _blake2 import blake2b
@@ -54,7 +55,7 @@ MAX_INPUT = 256 * 1024  # policy and facts files; bigger ones are not cached
 FORMAT = b"memlock-guard decision cache 1"
 
 _ROOT_ID = re.compile(rb"\A(\s*<domain\b[^>]*?)\s+id=(['\"])-?\d+\2")
-_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
 
 
 def key(op: str, xml: bytes, policy_path: str, facts_path: str | None) -> str | None:
@@ -191,10 +192,10 @@ def _size(path: str) -> int | None:
 
 
 def _code_signature() -> str:
-    from . import __version__
+    from .. import __version__
 
     newest, count = 0, 0
-    stack = [_PACKAGE]
+    stack = [PACKAGE_DIR]
     while stack:
         try:
             entries = list(os.scandir(stack.pop()))

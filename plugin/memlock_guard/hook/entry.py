@@ -95,7 +95,7 @@ def run(argv: list[str], *, stdin: IO[bytes] | None = None, stdout: IO[str] | No
 
 
 def main() -> int:
-    """``python -m memlock_guard.hook NAME OP SUBOP EXTRA`` (hooks/qemu is the usual path)."""
+    """``python -m memlock_guard.hook.entry NAME OP SUBOP EXTRA`` (hooks/qemu is the usual path)."""
     return run(sys.argv[1:], policy_path=os.environ.get("MEMLOCK_GUARD_POLICY"))
 
 
@@ -125,7 +125,7 @@ def _answer(op: str, stdin: IO[bytes], progress: Progress, policy_path: str | No
     data = _read_stdin(stdin, MAX_XML_BYTES)
     digest = None
     if cache_dir and len(data) <= MAX_XML_BYTES:
-        from . import decision_cache
+        from . import cache as decision_cache
 
         policy_file = policy_path or "/etc/memlock-guard/policy.xml"  # policy.DEFAULT_PATH
         digest = decision_cache.key(op, data, policy_file, facts_path)
@@ -133,14 +133,14 @@ def _answer(op: str, stdin: IO[bytes], progress: Progress, policy_path: str | No
             hit = decision_cache.lookup(cache_dir, digest)
             if hit is not None:
                 return _replay(hit, progress)
-    from .hook_decision import decide
+    from .decision import decide
 
     # An oversized XML is refused by decide() too (xmlsafe.parse), but only after the
     # policy is loaded: raising here answered with the built-in on-error (allow) and
     # audit log, whatever the policy said.
     outcome = decide(op, data, progress, policy_path, facts_path)
     if digest is not None and cache_dir and outcome.cacheable:
-        from . import decision_cache
+        from . import cache as decision_cache
 
         decision_cache.store(cache_dir, digest, exit_code=outcome.exit_code,
                              stdout=outcome.stdout, stderr=outcome.stderr,
@@ -213,7 +213,7 @@ class Answer:
 
 
 def _replay(entry: dict[str, Any], progress: Progress) -> Answer:
-    from . import audit
+    from ..support import audit
 
     record = dict(entry["record"])
     record.update(time=audit.now(), pid=os.getpid(), cached=True)
@@ -228,7 +228,7 @@ def failed(progress: Progress, why: str, *, report: Any = None) -> Answer:
     Needs nothing but the audit module, so it works when the failure is that lxml, the
     engine or a plugin could not even be imported.
     """
-    from . import audit
+    from ..support import audit
 
     refuse = progress.on_error == "refuse"
     action = "refuse" if refuse else ("allow" if progress.op == "prepare" else "keep")
@@ -250,7 +250,7 @@ def failed(progress: Progress, why: str, *, report: Any = None) -> Answer:
 
 
 def describe(e: BaseException, deadline: float) -> str:
-    from .errors import MemlockGuardError
+    from ..support.errors import MemlockGuardError
 
     if isinstance(e, DeadlineExceeded):
         return f"no decision within the hook's {deadline:g} s deadline"
@@ -261,7 +261,7 @@ def describe(e: BaseException, deadline: float) -> str:
 
 def _emit(outcome: Any, progress: Progress, stdout: IO[str], stderr: IO[str],
           use_syslog: bool) -> int:
-    from . import audit
+    from ..support import audit
 
     audit.log(progress.audit_log, outcome.record, use_syslog=use_syslog, stderr=stderr)
     try:
@@ -341,7 +341,7 @@ class _Deadline:
             self.progress.finished = True
         code = EXIT_REFUSE if self.progress.on_error == "refuse" else EXIT_OK
         try:
-            from . import audit
+            from ..support import audit
 
             outcome = failed(self.progress, f"step stuck past the hook's "
                                             f"{self.seconds:g} s deadline")

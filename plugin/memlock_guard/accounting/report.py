@@ -10,16 +10,16 @@ from typing import NamedTuple
 
 import pluggy
 
-from .baselines.kubevirt import DEFAULT_VERSION as KUBEVIRT_DEFAULT
-from .baselines.kubevirt import KubevirtLimit, kubevirt_limit
-from .baselines.libvirt import LibvirtLimit, libvirt_limit
-from .domain import Domain
+from ..baselines.kubevirt import DEFAULT_VERSION as KUBEVIRT_DEFAULT
+from ..baselines.kubevirt import KubevirtLimit, kubevirt_limit
+from ..baselines.libvirt import LibvirtLimit, libvirt_limit
+from ..domain import Domain
+from ..host.facts import HostFacts
+from ..support.units import MiB
 from .engine import build_ledger
 from .footprint import qemu_footprint
-from .host import HostFacts
 from .ledger import Ledger, Mode
 from .modes import resolve
-from .units import MiB
 from .verdict import EffectiveLimit, Verdict, judge
 
 DEFAULT_MARGIN = 64 * MiB

@@ -37,14 +37,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from lxml import etree
 
-from . import xmlsafe
-from .errors import InputError
-from .ledger import Mode
-from .units import MiB, parse_scaled
+from ..accounting.ledger import Mode
+from ..support import xmlsafe
+from ..support.defaults import package_file
+from ..support.errors import InputError
+from ..support.units import MiB, parse_scaled
 
 if TYPE_CHECKING:
-    from .domain import Domain
-    from .report import Settings
+    from ..accounting.report import Settings
+    from ..domain import Domain
 
 NS = "urn:memlock-guard:policy:1"
 DEFAULT_PATH = "/etc/memlock-guard/policy.xml"
@@ -191,7 +192,7 @@ def for_domain(base: Policy, domain: Domain) -> Policy:
 def to_settings(p: Policy, *, libvirt_version: tuple[int, int, int] | None = None,
                 platform: str = "libvirt") -> Settings:
     """The accounting numbers of a policy, as report.assess() takes them."""
-    from .report import Settings
+    from ..accounting.report import Settings
 
     return Settings(mode=p.mode, margin=p.margin, zero_page_allowance=p.zero_page_allowance,
                     libvirt_version=libvirt_version, platform=platform)
@@ -205,7 +206,7 @@ def plugin_manager(p: Policy) -> Any:
     """
     if not p.plugins:
         return None
-    from . import plugins
+    from ..plugins import manager as plugins
 
     return plugins.manager(p.plugins)
 
@@ -385,14 +386,11 @@ _SCHEMAS: dict[bool, etree.RelaxNG] = {}
 def schema_path() -> str:
     """schemas/policy.rng: beside the package when installed, else in the source tree.
 
-    os.path, not pathlib: pathlib's imports cost the hook a few milliseconds per start.
     """
-    here = os.path.dirname(os.path.abspath(__file__))
-    for candidate in (os.path.join(here, "data", "policy.rng"),
-                      os.path.join(here, "..", "..", "schemas", "policy.rng")):
-        if os.path.isfile(candidate):
-            return os.path.normpath(candidate)
-    raise InputError("schemas/policy.rng is missing from this installation")
+    path = package_file("policy.rng", "schemas/policy.rng")
+    if path is None:
+        raise InputError("schemas/policy.rng is missing from this installation")
+    return path
 
 
 def _schema(host: bool) -> etree.RelaxNG:

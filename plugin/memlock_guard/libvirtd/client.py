@@ -20,7 +20,7 @@ from typing import Any
 
 import tenacity
 
-from .errors import InputError, MemlockGuardError
+from ..support.errors import InputError, MemlockGuardError
 
 try:
     import libvirt  # type: ignore[import-untyped]

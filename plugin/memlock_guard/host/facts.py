@@ -16,8 +16,8 @@ import resource
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from . import host_sources
-from .errors import InputError
+from ..support.errors import InputError
+from . import sources as host_sources
 
 DEFAULT_DATA_DIRS = host_sources.DATA_DIRS
 

@@ -33,13 +33,14 @@ from typing import Any
 
 from lxml import etree
 
-from . import __version__, xmlsafe
-from .baselines.libvirt import LIBVIRT_UNLIMITED
-from .errors import InputError
-from .ledger import Ledger
-from .report import Report
-from .units import KiB, human, parse_scaled
-from .verdict import Outcome
+from .. import __version__
+from ..accounting.ledger import Ledger
+from ..accounting.report import Report
+from ..accounting.verdict import Outcome
+from ..baselines.libvirt import LIBVIRT_UNLIMITED
+from ..support import xmlsafe
+from ..support.errors import InputError
+from ..support.units import KiB, human, parse_scaled
 
 APPLIED_NS = "urn:memlock-guard:applied:1"
 APPLIED_PREFIX = "mga"

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 
 import pluggy
 
-from . import hookspecs
-from .errors import PluginError
+from ..support.errors import PluginError
+from . import spec as hookspecs
 
 BUILTIN_MODULES = (
     "memlock_guard.estimators.containers",

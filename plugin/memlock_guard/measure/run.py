@@ -38,9 +38,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .errors import MemlockGuardError
-from .ledger import Kind, Ledger, Mode
-from .units import MiB
+from ..accounting.ledger import Kind, Ledger, Mode
+from ..support.errors import MemlockGuardError
+from ..support.units import MiB
 
 PAGE = 4096  # x86 host page: the VFIO listener trims every section to whole pages
 ROM_SLOT = 6  # PCI_ROM_SLOT: the BAR index QEMU's trace uses for expansion ROMs
@@ -517,7 +517,7 @@ class LibvirtTarget:
     def __init__(self, name: str, uri: str | None = None) -> None:
         import libvirt_qemu  # type: ignore[import-untyped]
 
-        from . import libvirt_client as lc
+        from ..libvirtd import client as lc
 
         self._libvirt: Any = lc.require_libvirt()
         self._qemu: Any = libvirt_qemu

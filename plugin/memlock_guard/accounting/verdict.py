@@ -8,8 +8,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import NamedTuple
 
+from ..support.units import MiB, round_up
 from .ledger import Ledger, Mode
-from .units import MiB, round_up
 
 
 class Outcome(StrEnum):

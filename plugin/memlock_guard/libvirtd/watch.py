@@ -38,14 +38,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..policy import load as policymod
+from ..support import audit
+from ..support.errors import MemlockGuardError
 from . import apply as applymod
-from . import audit
-from . import libvirt_client as lc
-from . import policy as policymod
-from .errors import MemlockGuardError
+from . import client as lc
 from .reconcile import Judge, audit_record, reconcile
 
-log = logging.getLogger("memlock_guard.watch")
+log = logging.getLogger("memlock_guard.libvirtd.watch")
 
 _loop_lock = threading.Lock()
 _loop_started = False

@@ -9,7 +9,7 @@ Linux >= 6.2 breaks COW for read-only long-term pins, so zero pages are charged
 
 from __future__ import annotations
 
-from .host import HostFacts
+from ..host.facts import HostFacts
 from .ledger import Mode
 
 STRICT_PARAMS = ("strict", "strict_zero_page", "account_zero_page")

@@ -27,9 +27,9 @@ max(memlock requirement, footprint) + margin, and apply/watch never write less.
 
 from __future__ import annotations
 
-from .domain import Domain
+from ..domain import Domain
+from ..support.units import MiB
 from .ledger import Kind, Ledger
-from .units import MiB
 
 PER_VCPU = 8 * MiB
 PER_IOTHREAD = 8 * MiB

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from . import __version__
-from .ledger import Mode
-from .report import Report
-from .units import human
-from .verdict import Outcome
+from .. import __version__
+from ..accounting.ledger import Mode
+from ..accounting.report import Report
+from ..accounting.verdict import Outcome
+from ..support.units import human
 
 JSON_SCHEMA_ID = "urn:memlock-guard:estimate:1"
 

@@ -34,14 +34,14 @@ import stat
 import sys
 import time
 
-from . import __version__
+from .. import __version__
 
 TYPE_CHECKING = False  # the hook's cached path writes here and cannot afford typing
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import IO, Any
 
-    from .report import Report
+    from ..accounting.report import Report
 
 # A line longer than this is cut down (long strings first) so a runaway error message
 # cannot bloat the log; real lines are a few hundred bytes.

@@ -18,11 +18,11 @@ from typing import Any
 
 import pluggy
 
-from . import plugins
-from .domain import Domain
-from .host import HostFacts
+from ..domain import Domain
+from ..host.facts import HostFacts
+from ..plugins import manager as plugins
+from ..support.units import MAX_BYTES
 from .ledger import Backing, Exposure, Kind, Ledger, LedgerItem, Window
-from .units import MAX_BYTES
 
 
 def build_ledger(domain: Domain, host: HostFacts,

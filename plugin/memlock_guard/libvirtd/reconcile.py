@@ -23,13 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..accounting.report import Report, Settings, assess
+from ..domain import Domain, parse_domain
+from ..host.facts import HostFacts
+from ..policy import load as policymod
+from ..support.errors import MemlockGuardError
 from . import apply as applymod
-from . import libvirt_client as lc
-from . import policy as policymod
-from .domain import Domain, parse_domain
-from .errors import MemlockGuardError
-from .host import HostFacts
-from .report import Report, Settings, assess
+from . import client as lc
 
 MAX_ATTEMPTS = 5  # re-judgements when the definition keeps changing under us
 
@@ -58,7 +58,7 @@ class Judge:
     def host_for(self, domain: Domain) -> HostFacts:
         if not self.probe_files:
             return self.host
-        from .commands.common import domain_files
+        from ..commands.common import domain_files
 
         known = dict(self.host.rom_files)
         extra = {}
@@ -130,7 +130,7 @@ def reconcile(conn: Any, dom: Any, judge: Judge, *, dry_run: bool = False,
 
 def audit_record(outcome: Outcome, *, op: str, trigger: str | None = None) -> dict[str, Any]:
     """The audit-log line for a raise (action ``apply``), as the hook writes its own."""
-    from . import audit
+    from ..support import audit
 
     assert outcome.report is not None and outcome.result is not None
     plan = outcome.result.plan

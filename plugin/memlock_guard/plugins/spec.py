@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from .domain import Domain
-    from .host import HostFacts
-    from .ledger import Exposure
+    from ..accounting.ledger import Exposure
+    from ..domain import Domain
+    from ..host.facts import HostFacts
 
 PROJECT = "memlock_guard"
 ENTRY_POINT_GROUP = "memlock_guard"

@@ -10,18 +10,18 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from . import audit
-from . import policy as pol
-from .errors import InputError
-from .hook import Progress, failed
+from ..policy import load as pol
+from ..support import audit
+from ..support.errors import InputError
+from .entry import Progress, failed
 
 if TYPE_CHECKING:
     from lxml import etree
 
-    from .domain import Domain
-    from .host import HostFacts
-    from .policy import Policy
-    from .report import Report
+    from ..accounting.report import Report
+    from ..domain import Domain
+    from ..host.facts import HostFacts
+    from ..policy.load import Policy
 
 EXIT_OK = 0
 EXIT_REFUSE = 1
@@ -42,8 +42,8 @@ class Outcome(NamedTuple):
 def decide(op: str, data: bytes, progress: Progress, policy_path: str | None,
            facts_path: str | None) -> Outcome:
     """Judge the domain XML ``data`` for ``op`` (prepare | migrate | restore)."""
-    from . import xmlsafe
-    from .domain.model import domain_from_element
+    from ..domain.model import domain_from_element
+    from ..support import xmlsafe
 
     try:
         path, named = pol.policy_path(policy_path, environ={})
@@ -64,7 +64,7 @@ def decide(op: str, data: bytes, progress: Progress, policy_path: str | None,
     p = pol.for_domain(base, domain)
     progress.policy_origin = p.origin
 
-    from .report import assess
+    from ..accounting.report import assess
 
     files = domain_files(domain)
     facts = host_facts(files, facts_path)
@@ -77,7 +77,7 @@ def decide(op: str, data: bytes, progress: Progress, policy_path: str | None,
 
 def judge(op: str, report: Report, p: Policy, root: etree._Element,
           progress: Progress) -> Outcome:
-    from .verdict import Outcome as Verdict
+    from ..accounting.verdict import Outcome as Verdict
 
     v = report.verdict
     excluded = report.ledger.excluded_plugins
@@ -127,7 +127,7 @@ def paragraph(report: Report, p: Policy) -> str:
     """The domain, mode, requirement, limit and its source, biggest items, and the remedy."""
     import shlex
 
-    from .units import human
+    from ..support.units import human
 
     v = report.verdict
     name = report.domain.name
@@ -163,7 +163,7 @@ def raise_hard_limit(root: etree._Element, target: int) -> bool:
     at least that; True when the tree changed. Nothing else in the tree is touched."""
     from lxml import etree
 
-    from .units import KiB, parse_scaled, round_up
+    from ..support.units import KiB, parse_scaled, round_up
 
     target = round_up(target, KiB)
     memtune = root.find("memtune")
@@ -213,7 +213,7 @@ def domain_files(domain: Domain) -> tuple[str, ...]:
 
 def host_facts(files: tuple[str, ...], facts_path: str | None) -> HostFacts:
     """Cheap host facts (no QEMU or libvirt probe) plus install-hook's cache."""
-    from . import host
+    from ..host import facts as host
 
     cache = read_facts_cache(facts_path) if facts_path else None
     dirs = cache.get("qemu_data_dirs") if cache else None
