@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "plugin"))
 from memlock_guard.accounting.engine import build_ledger  # noqa: E402
 from memlock_guard.accounting.report import Settings, assess  # noqa: E402
 from memlock_guard.commands.render import to_dict  # noqa: E402
-from memlock_guard.domain import domain_from_element, parse_domain  # noqa: E402
+from memlock_guard.domain import Domain, parse_domain  # noqa: E402
 from memlock_guard.host import facts as hostmod  # noqa: E402
 from memlock_guard.support import xmlsafe  # noqa: E402
 from memlock_guard.support.errors import InputError  # noqa: E402
@@ -168,10 +168,10 @@ def main() -> int:
         json_t.append(j)
         ratios.append(e / p)
         root = xmlsafe.parse(data, what="domain XML")
-        domain = domain_from_element(root)
+        domain = Domain.from_xml(root)
         phases["hardened parse (xmlsafe)"].append(
             best_of(lambda d=data: xmlsafe.parse(d, what="domain XML"), args.repeat))
-        phases["domain model"].append(best_of(lambda r=root: domain_from_element(r), args.repeat))
+        phases["domain model"].append(best_of(lambda r=root: Domain.from_xml(r), args.repeat))
         phases["ledger (estimators)"].append(
             best_of(lambda d=domain: build_ledger(d, pinned), args.repeat))
         phases["assess (ledger+baselines+verdict)"].append(

@@ -1,7 +1,7 @@
 """The estimate checked against what a real QEMU maps, one layout per estimator rule.
 
 Each case defines a small domain (no hostdevs, so libvirt sets no memlock limit and it
-starts on this host), follows its boot with ``measure.measure_boot`` (paused start,
+starts on this host), follows its boot with ``boot.measure_boot`` (paused start,
 pci_update_mappings trace, dense flat-view sampling, destroy) and compares the peak
 non-RAM bytes QEMU mapped with the ledger's strict requirement minus its RAM items,
 per container, for the *same* XML (the live ``virsh dumpxml``) and this host's ROM
@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 import pytest
 from memlock_guard.accounting.engine import build_ledger
-from memlock_guard.commands.common import domain_files
 from memlock_guard.domain import parse_domain
 from memlock_guard.host import facts as host_mod
-from memlock_guard.measure import run as measure
+from memlock_guard.measure import boot, compare, target
 from memlock_guard.support.units import KiB, MiB
 
 from .conftest import Libvirtd, domain_type, unique_name
@@ -132,14 +131,14 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_estimate_brackets_what_qemu_maps(libvirtd: Libvirtd, case: Case) -> None:
     name = libvirtd.define(case.xml(unique_name(case.id)))
-    target = measure.open_target(name, libvirtd.uri)
-    m = measure.measure_boot(target, settle=case.settle, timeout=45.0)
+    tgt = target.open_target(name, libvirtd.uri)
+    m = boot.measure_boot(tgt, settle=case.settle, timeout=45.0)
 
     # The estimate runs on the XML QEMU was started from, with this host's facts.
     domain = parse_domain(m.xml.encode())
-    host = host_mod.collect(extra_files=domain_files(domain), probe_qemu=True,
+    host = host_mod.collect(extra_files=domain.named_files, probe_qemu=True,
                             probe_libvirt=True)
-    estimate, _always = measure.estimated_non_ram(build_ledger(domain, host))
+    estimate, _always = compare.estimated_non_ram(build_ledger(domain, host))
     measured = m.non_ram_bytes
     row = (f"{case.id}: measured {measured // KiB} KiB, estimated {estimate // KiB} KiB, "
            f"difference {(estimate - measured) // KiB} KiB")

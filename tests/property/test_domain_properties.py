@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from hypothesis import given, note
 from hypothesis import strategies as st
-from memlock_guard.accounting.ledger import Kind, Mode
+from memlock_guard.accounting.ledger import Kind
+from memlock_guard.accounting.modes import Mode
 from memlock_guard.accounting.report import Report, Settings, assess
 from memlock_guard.commands import render
 from memlock_guard.domain import parse_domain

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from lxml import etree
-from memlock_guard.accounting.ledger import Mode
+from memlock_guard.accounting.modes import Mode
 from memlock_guard.accounting.report import Report, Settings, assess
 from memlock_guard.domain import parse_domain
 from memlock_guard.host.facts import HostFacts
@@ -89,7 +89,7 @@ def hard_limit_kib(xml: str) -> int | None:
 
 def test_short_domain_is_raised_to_the_recommendation(pinned_host: HostFacts) -> None:
     report = judge(SHORT_XML, pinned_host)
-    assert report.verdict.outcome.value == "short"
+    assert report.verdict.fit.value == "short"
     res = ap.apply_to_xml(SHORT_XML, report)
     assert res.plan.action is ap.Action.RAISE
     assert res.plan.current_hard_limit is None
@@ -190,7 +190,7 @@ def test_own_limit_is_raised_again_when_devices_change(pinned_host: HostFacts) -
     # and the limit is ours, so it follows.
     grown = first.replace("unit='KiB'>4194304<", "unit='KiB'>4210688<")
     report = judge(grown, pinned_host)
-    assert report.verdict.outcome.value == "fits"
+    assert report.verdict.fit.value == "fits"
     res = ap.apply_to_xml(grown, report)
     assert res.plan.ours
     assert res.plan.action is ap.Action.RAISE

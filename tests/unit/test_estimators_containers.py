@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from memlock_guard.accounting.ledger import Kind, Mode
+from memlock_guard.accounting.ledger import Kind
+from memlock_guard.accounting.modes import Mode
 
 from .builders import VF_NET, GiB, hostdevs, ledger, nvme_disks, vdpa_nets
 

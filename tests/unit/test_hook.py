@@ -22,9 +22,9 @@ from lxml import etree
 from memlock_guard import cli
 from memlock_guard.accounting.report import Settings, assess
 from memlock_guard.domain import parse_domain
+from memlock_guard.domain.edit import raise_hard_limit
 from memlock_guard.hook import cache as decision_cache
 from memlock_guard.hook import entry as hook
-from memlock_guard.hook.decision import raise_hard_limit
 from memlock_guard.host import facts as host
 from memlock_guard.support.units import KiB, round_up
 

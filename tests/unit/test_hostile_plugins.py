@@ -16,7 +16,8 @@ from typing import Any
 import pluggy
 import pytest
 from memlock_guard.accounting.engine import MAX_ITEMS, build_ledger
-from memlock_guard.accounting.ledger import Backing, Exposure, Kind, Mode
+from memlock_guard.accounting.ledger import Backing, Exposure, Kind
+from memlock_guard.accounting.modes import Mode
 from memlock_guard.accounting.report import assess
 from memlock_guard.commands import render
 from memlock_guard.domain import Domain, parse_domain

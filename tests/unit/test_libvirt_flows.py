@@ -173,7 +173,7 @@ def test_explain(td: Driver, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(mg(td, "explain", "mgt-explain")) == 0
     text = capsys.readouterr().out
     assert "side by side:" in text
-    assert "libvirt 9.0.0, no hard_limit (formula)" in text
+    assert "libvirt 9.0.0, no hard_limit (libvirt-formula)" in text
     assert "(newest rules)" in text and "KubeVirt 1.9" in text
     assert "verdict: SHORT by" in text
 

@@ -11,16 +11,11 @@ import pytest
 from memlock_guard.accounting.engine import build_ledger
 from memlock_guard.cli import main
 from memlock_guard.domain import parse_domain
-from memlock_guard.measure import run as measure
-from memlock_guard.measure.run import (
-    BarEvent,
-    FlatRange,
-    FlatView,
-    Mapping,
-    RamBlock,
-    Sample,
-    Snapshot,
-)
+from memlock_guard.measure import boot, compare, mappings, peak, qemu_text
+from memlock_guard.measure import target as target_mod
+from memlock_guard.measure.mappings import Mapping, Snapshot
+from memlock_guard.measure.peak import Sample
+from memlock_guard.measure.qemu_text import BarEvent, FlatRange, FlatView, RamBlock
 
 from ..conftest import ROOT
 from .builders import domain_xml, hostdevs
@@ -45,7 +40,7 @@ def regions(snap: Snapshot) -> list[tuple[str, int]]:
 def test_pre_firmware_layout_seabios_q35():
     # Paused before the first instruction: isa-bios (the pc.bios alias) and pc.rom are
     # mapped next to pc.bios; the VGA window is I/O; guest RAM lacks the 384 KiB hole.
-    snap = measure.snapshot(data("q35-seabios-paused.mtree-f.txt"), SEABIOS_RAM)
+    snap = mappings.snapshot(data("q35-seabios-paused.mtree-f.txt"), SEABIOS_RAM)
     assert regions(snap) == [("pc.rom", 128 * KiB), ("pc.bios", 128 * KiB),
                              ("pc.bios", 256 * KiB)]
     isa_bios = snap.non_ram[1]
@@ -55,7 +50,7 @@ def test_pre_firmware_layout_seabios_q35():
 
 
 def test_qxl_vram64_maps_the_vram32_alias_and_the_whole_vram64_bar():
-    snap = measure.snapshot(data("q35-qxl-vram64.mtree-f.txt"), SEABIOS_RAM)
+    snap = mappings.snapshot(data("q35-qxl-vram64.mtree-f.txt"), SEABIOS_RAM)
     assert sorted(regions(snap)) == sorted([
         ("qxl.vram", 128 * MiB), ("vga.vram", 64 * MiB), ("qxl.vram", 32 * MiB),
         ("qxl.vrom", 8 * KiB), ("pc.bios", 256 * KiB)])
@@ -66,11 +61,11 @@ def test_qxl_vram64_maps_the_vram32_alias_and_the_whole_vram64_bar():
 
 
 def test_ovmf_pflash_is_romd_and_not_mapped():
-    view = measure.memory_flatview(data("q35-ovmf-tcg.mtree-f.txt"))
+    view = qemu_text.memory_flatview(data("q35-ovmf-tcg.mtree-f.txt"))
     flash = [r for r in view.ranges if r.region.startswith("system.flash")]
     assert {r.type for r in flash} == {"romd"}
     assert all(r.accel is None for r in view.ranges)  # TCG: no KVM memory slots
-    snap = measure.snapshot(data("q35-ovmf-tcg.mtree-f.txt"), SEABIOS_RAM)
+    snap = mappings.snapshot(data("q35-ovmf-tcg.mtree-f.txt"), SEABIOS_RAM)
     # isa-bios copy 128 KiB, pc.rom minus OVMF's 16 KiB of RAM, vga.chain4 64 KiB, vram.
     assert sorted(regions(snap)) == sorted([
         ("vga.vram", 64 * KiB), ("pc.rom", 112 * KiB), ("isa-bios", 128 * KiB),
@@ -78,30 +73,30 @@ def test_ovmf_pflash_is_romd_and_not_mapped():
 
 
 def test_seabios_is_told_from_ovmf_before_the_first_instruction():
-    assert measure.looks_like_seabios(
-        measure.snapshot(data("q35-seabios-paused.mtree-f.txt"), SEABIOS_RAM))
-    assert not measure.looks_like_seabios(
-        measure.snapshot(data("q35-ovmf-tcg.mtree-f.txt"), SEABIOS_RAM))
+    assert mappings.looks_like_seabios(
+        mappings.snapshot(data("q35-seabios-paused.mtree-f.txt"), SEABIOS_RAM))
+    assert not mappings.looks_like_seabios(
+        mappings.snapshot(data("q35-ovmf-tcg.mtree-f.txt"), SEABIOS_RAM))
     ovmf_as_bios = Snapshot((Mapping(0xFFE00000, 2 * MiB, "rom", "pc.bios", None, False),))
-    assert not measure.looks_like_seabios(ovmf_as_bios)
+    assert not mappings.looks_like_seabios(ovmf_as_bios)
 
 
 def test_post_finished_when_seabios_write_protects_its_shadow():
-    assert not measure.post_finished(
-        measure.snapshot(data("q35-seabios-paused.mtree-f.txt"), SEABIOS_RAM))
-    assert measure.post_finished(
-        measure.snapshot(data("q35-qxl-vram64.mtree-f.txt"), SEABIOS_RAM))
+    assert not mappings.post_finished(
+        mappings.snapshot(data("q35-seabios-paused.mtree-f.txt"), SEABIOS_RAM))
+    assert mappings.post_finished(
+        mappings.snapshot(data("q35-qxl-vram64.mtree-f.txt"), SEABIOS_RAM))
 
 
 def test_memory_backends_from_info_memdev_are_guest_ram():
-    memdevs = measure.parse_memdevs(data("q35-dimm.memdev.txt"))
+    memdevs = qemu_text.parse_memdevs(data("q35-dimm.memdev.txt"))
     assert memdevs == ("memdimm0", "ram-node0")
     text = data("q35-dimm.mtree-f.txt")
-    snap = measure.snapshot(text, measure.guest_ram_regions(memdevs))
+    snap = mappings.snapshot(text, qemu_text.guest_ram_regions(memdevs))
     assert regions(snap) == [("vga.vram", 16 * MiB), ("pc.bios", 256 * KiB)]
     assert snap.guest_ram_bytes == 384 * MiB - 128 * KiB
     # Without the backend list a NUMA domain's RAM would be taken for non-RAM.
-    assert measure.snapshot(text, SEABIOS_RAM).non_ram_bytes > 384 * MiB
+    assert mappings.snapshot(text, SEABIOS_RAM).non_ram_bytes > 384 * MiB
 
 
 def test_flat_view_lines_names_offsets_and_accelerator():
@@ -111,7 +106,7 @@ def test_flat_view_lines_names_offsets_and_accelerator():
             "  00000000000e0000-00000000000fffff (prio 1, rom): pc.bios @0000000000020000 KVM\n"
             "  00000000fe000000-00000000fe000fff (prio 0, ramd): 0000:01:00.0 BAR 0 mmaps[0]\n"
             "  00000000fe001000-00000000fe0017ff (prio 0, nv-ram): nvdimm0\n")
-    (view,) = measure.parse_flatviews(text)
+    (view,) = qemu_text.parse_flatviews(text)
     assert view.address_spaces == ("memory", "cpu-memory-0") and view.root == "system"
     assert [(r.region, r.offset, r.accel, r.type) for r in view.ranges] == [
         ("pc.ram", None, "KVM", "ram"), ("pc.bios", 0x20000, "KVM", "rom"),
@@ -128,17 +123,17 @@ def test_vfio_listener_rules_types_bit63_and_page_trimming():
         r(0x9000, 0x97ff, "ram"),  # less than a page: nothing left
         r((1 << 63) | 0x10000, (1 << 63) | 0x1ffff, "ram"),  # 64-bit BAR being sized
     ))
-    assert [(m.start, m.size, m.type) for m in measure.dma_mappings(view, frozenset())] == [
+    assert [(m.start, m.size, m.type) for m in mappings.dma_mappings(view, frozenset())] == [
         (0x1000, 0x2000, "ram"), (0x7000, 0x2000, "rom")]
 
 
 def test_no_memory_address_space_is_an_error():
-    with pytest.raises(measure.MeasureError, match="memory"):
-        measure.memory_flatview("FlatView #0\n AS \"I/O\", root: io\n")
+    with pytest.raises(qemu_text.MeasureError, match="memory"):
+        qemu_text.memory_flatview("FlatView #0\n AS \"I/O\", root: io\n")
 
 
 def test_ramblocks():
-    blocks = {b.name: b for b in measure.parse_ramblocks(data("q35-qxl-vram64.ramblock.txt"))}
+    blocks = {b.name: b for b in qemu_text.parse_ramblocks(data("q35-qxl-vram64.ramblock.txt"))}
     assert blocks["0000:00:01.0/qxl.vram"].used == 128 * MiB
     assert blocks["0000:00:01.0/qxl.vrom"].total == 8 * KiB
     acpi = blocks["/rom@etc/acpi/tables"]  # fw_cfg blob: a RAM block, never mapped
@@ -150,21 +145,21 @@ def test_ramblocks():
 
 
 def test_bar_trace_from_the_domain_log():
-    events = measure.parse_bar_trace(data("pc-seabios-vga-virtionet.qemu.log"))
+    events = qemu_text.parse_bar_trace(data("pc-seabios-vga-virtionet.qemu.log"))
     assert len(events) == 13  # libvirt's own lines and QEMU warnings are skipped
     roms = [(e.device, e.bdf, e.added, e.size) for e in events if e.is_rom]
     assert roms == [("VGA", "00:02.0", True, 64 * KiB), ("VGA", "00:02.0", False, 64 * KiB),
                     ("virtio-net-pci", "00:03.0", True, 256 * KiB),
                     ("virtio-net-pci", "00:03.0", False, 256 * KiB)]
     assert events[0].time == pytest.approx(1795614726.191697)
-    vga_rom, net_rom = [b for b in measure.bar_intervals(events) if b.is_rom]
+    vga_rom, net_rom = [b for b in peak.bar_intervals(events) if b.is_rom]
     assert vga_rom.end is not None and net_rom.end is not None
     assert 0.001 < vga_rom.end - vga_rom.start < 0.025  # mapped for ~11 ms
     assert vga_rom.end < net_rom.start
 
 
 def test_ovmf_trace_rom_bars_are_never_mapped_together():
-    bars = measure.bar_intervals(measure.parse_bar_trace(data("q35-ovmf-tcg.qemu.log")))
+    bars = peak.bar_intervals(qemu_text.parse_bar_trace(data("q35-ovmf-tcg.qemu.log")))
     roms = [b for b in bars if b.is_rom]
     assert [(b.device, b.size) for b in roms] == [("VGA", 64 * KiB),
                                                   ("virtio-net-pci", 256 * KiB)]
@@ -177,7 +172,7 @@ def ev(t: float, added: bool, bar: int, addr: int, size: int, device: str = "dev
 
 
 def test_bar_intervals_pairing():
-    bars = measure.bar_intervals([
+    bars = peak.bar_intervals([
         ev(1.0, True, 0, 0x1000, 0x1000), ev(2.0, False, 0, 0x1000, 0x1000),
         ev(3.0, True, 0, 0x1000, 0x1000), ev(4.0, True, 0, 0x8000, 0x1000),  # moved
         ev(5.0, True, 6, 0x9000, 0x1000, bdf="00:03.0"),  # never unmapped
@@ -200,30 +195,30 @@ def sample(t: float, *maps: Mapping) -> Sample:
 
 def test_a_rom_bar_between_samples_adds_to_the_layout_around_it():
     samples = [sample(0.0, BIOS, VRAM), sample(1.0, BIOS, VRAM)]
-    bars = measure.bar_intervals([ev(0.5, True, 6, 0xFEB80000, 256 * KiB, "virtio-net-pci"),
+    bars = peak.bar_intervals([ev(0.5, True, 6, 0xFEB80000, 256 * KiB, "virtio-net-pci"),
                                   ev(0.52, False, 6, 0xFEB80000, 256 * KiB, "virtio-net-pci")])
-    peak = measure.boot_peak(samples, bars)
-    assert peak.non_ram_bytes == (256 + 16384 + 256) * KiB
-    assert ("ROM BAR virtio-net-pci 00:02.0", 256 * KiB) in peak.parts
+    got = peak.boot_peak(samples, bars)
+    assert got.non_ram_bytes == (256 + 16384 + 256) * KiB
+    assert ("ROM BAR virtio-net-pci 00:02.0", 256 * KiB) in got.parts
 
 
 def test_rom_bars_one_after_the_other_count_once():
     samples = [sample(0.0, BIOS), sample(2.0, BIOS)]
-    bars = measure.bar_intervals([
+    bars = peak.bar_intervals([
         ev(0.5, True, 6, 0xFEBC0000, 64 * KiB, "VGA", "00:01.0"),
         ev(0.51, False, 6, 0xFEBC0000, 64 * KiB, "VGA", "00:01.0"),
         ev(1.0, True, 6, 0xFEB80000, 256 * KiB, "e1000e", "00:03.0"),
         ev(1.02, False, 6, 0xFEB80000, 256 * KiB, "e1000e", "00:03.0"),
     ])
-    assert measure.boot_peak(samples, bars).non_ram_bytes == (256 + 256) * KiB
+    assert peak.boot_peak(samples, bars).non_ram_bytes == (256 + 256) * KiB
 
 
 def test_a_rom_caught_by_a_sample_is_not_counted_twice():
     rom = Mapping(0xFEB80000, 256 * KiB, "rom", "virtio-net-pci.rom", None, False)
     samples = [sample(0.0, BIOS), sample(0.505, BIOS, rom), sample(1.0, BIOS)]
-    bars = measure.bar_intervals([ev(0.5, True, 6, 0xFEB80000, 256 * KiB),
+    bars = peak.bar_intervals([ev(0.5, True, 6, 0xFEB80000, 256 * KiB),
                                   ev(0.52, False, 6, 0xFEB80000, 256 * KiB)])
-    assert measure.boot_peak(samples, bars).non_ram_bytes == 512 * KiB
+    assert peak.boot_peak(samples, bars).non_ram_bytes == 512 * KiB
 
 
 def test_ovmf_style_flicker_a_ram_bar_and_a_rom_bar_decoded_together_between_samples():
@@ -231,7 +226,7 @@ def test_ovmf_style_flicker_a_ram_bar_and_a_rom_bar_decoded_together_between_sam
     # the RAM size of BAR0 is learned from a later sample that shows it mapped.
     vga = dict(device="VGA", bdf="00:01.0")
     samples = [sample(0.0, BIOS), sample(0.1, BIOS), sample(2.0, BIOS, VRAM)]
-    bars = measure.bar_intervals([
+    bars = peak.bar_intervals([
         ev(0.0500, True, 0, VRAM.start, VRAM.size, **vga),
         ev(0.0501, True, 2, 0xFEBD0000, 0x1000, **vga),  # mmio: I/O, learned as 0 bytes
         ev(0.0502, True, 6, 0xC1800000, 64 * KiB, **vga),
@@ -241,38 +236,38 @@ def test_ovmf_style_flicker_a_ram_bar_and_a_rom_bar_decoded_together_between_sam
         ev(1.0, True, 0, VRAM.start, VRAM.size, **vga),
         ev(1.0, True, 2, 0xFEBD0000, 0x1000, **vga),
     ])
-    ram, notes = measure.bar_ram_bytes(bars, samples)
+    ram, notes = peak.bar_ram_bytes(bars, samples)
     assert ram == {("00:01.0", 0): 16 * MiB, ("00:01.0", 2): 0, ("00:01.0", 6): 64 * KiB}
     assert notes == ()
-    peak = measure.boot_peak(samples, bars)
-    assert peak.non_ram_bytes == (256 + 16384 + 64) * KiB
-    assert peak.at == pytest.approx(0.0502)
+    got = peak.boot_peak(samples, bars)
+    assert got.non_ram_bytes == (256 + 16384 + 64) * KiB
+    assert got.at == pytest.approx(0.0502)
 
 
 def test_a_passthrough_rom_bar_is_io_unless_a_romfile_backs_it():
     samples = [sample(0.0, BIOS), sample(1.0, BIOS)]
-    bars = measure.bar_intervals([ev(0.5, True, 6, 0xFE000000, 1 * MiB, "vfio-pci"),
+    bars = peak.bar_intervals([ev(0.5, True, 6, 0xFE000000, 1 * MiB, "vfio-pci"),
                                   ev(0.6, False, 6, 0xFE000000, 1 * MiB, "vfio-pci")])
-    assert measure.boot_peak(samples, bars).non_ram_bytes == 256 * KiB
+    assert peak.boot_peak(samples, bars).non_ram_bytes == 256 * KiB
     romfile = RamBlock("0000:00:05.0/vfio-pci.rom", "4 KiB", 0, 1 * MiB, 1 * MiB)
-    assert measure.boot_peak(samples, bars, [romfile]).non_ram_bytes == (256 + 1024) * KiB
+    assert peak.boot_peak(samples, bars, [romfile]).non_ram_bytes == (256 + 1024) * KiB
 
 
 def test_a_bar_no_sample_saw_counts_when_a_device_ram_block_has_its_size():
     samples = [sample(0.0, BIOS), sample(1.0, BIOS)]
-    bars = measure.bar_intervals([ev(0.5, True, 0, 0xC0000000, 16 * MiB, "VGA"),
+    bars = peak.bar_intervals([ev(0.5, True, 0, 0xC0000000, 16 * MiB, "VGA"),
                                   ev(0.5005, False, 0, 0xC0000000, 16 * MiB, "VGA")])
-    assert measure.boot_peak(samples, bars).non_ram_bytes == 256 * KiB
+    assert peak.boot_peak(samples, bars).non_ram_bytes == 256 * KiB
     blocks = [RamBlock("0000:00:01.0/vga.vram", "4 KiB", 0, 16 * MiB, 16 * MiB),
               RamBlock("/rom@etc/acpi/tables", "4 KiB", 0, 128 * KiB, 2 * MiB)]
-    peak = measure.boot_peak(samples, bars, blocks)
-    assert peak.non_ram_bytes == (256 + 16384) * KiB
-    assert len(peak.notes) == 1 and "never sampled" in peak.notes[0]
+    got = peak.boot_peak(samples, bars, blocks)
+    assert got.non_ram_bytes == (256 + 16384) * KiB
+    assert len(got.notes) == 1 and "never sampled" in got.notes[0]
 
 
 def test_without_a_trace_the_peak_is_the_largest_sample():
     samples = [sample(0.0, BIOS, VRAM), sample(1.0, BIOS)]
-    assert measure.boot_peak(samples, ()).non_ram_bytes == (256 + 16384) * KiB
+    assert peak.boot_peak(samples, ()).non_ram_bytes == (256 + 16384) * KiB
 
 
 # ------------------------------------------------------------ estimate vs measured
@@ -280,7 +275,7 @@ def test_without_a_trace_the_peak_is_the_largest_sample():
 
 def test_estimated_non_ram_is_per_container_and_leaves_ram_out(pinned_host):
     def est(xml: bytes) -> tuple[int, int]:
-        return measure.estimated_non_ram(build_ledger(parse_domain(xml), pinned_host))
+        return compare.estimated_non_ram(build_ledger(parse_domain(xml), pinned_host))
 
     devices = ("<video><model type='vga'/></video>"
                "<interface type='user'><model type='virtio'/></interface>")
@@ -293,8 +288,8 @@ def test_estimated_non_ram_is_per_container_and_leaves_ram_out(pinned_host):
 
 
 def test_tolerance():
-    assert measure.tolerance(0) == 2 * MiB
-    assert measure.tolerance(1000 * MiB) == 10 * MiB
+    assert compare.tolerance(0) == 2 * MiB
+    assert compare.tolerance(1000 * MiB) == 10 * MiB
 
 
 # ------------------------------------------------------------------------ the verb
@@ -351,7 +346,7 @@ class FakeTarget:
 
 def test_measure_now_json(monkeypatch, capsys, pinned_host_file):
     target = FakeTarget(active=True, flatviews=[data("q35-dimm.mtree-f.txt")])
-    monkeypatch.setattr(measure, "open_target", lambda name, uri=None: target)
+    monkeypatch.setattr(target_mod, "open_target", lambda name, uri=None: target)
     code = main(["measure", "vm1", "--format", "json", "--host-facts", str(pinned_host_file)])
     out = json.loads(capsys.readouterr().out)
     assert code == 0
@@ -365,7 +360,7 @@ def test_measure_now_json(monkeypatch, capsys, pinned_host_file):
 
 def test_measure_now_refuses_a_shut_off_domain(monkeypatch, capsys):
     target = FakeTarget(active=False, flatviews=[""])
-    monkeypatch.setattr(measure, "open_target", lambda name, uri=None: target)
+    monkeypatch.setattr(target_mod, "open_target", lambda name, uri=None: target)
     assert main(["measure", "vm1"]) == 2
     assert "not running" in capsys.readouterr().err
 
@@ -376,7 +371,7 @@ def test_measure_boot_follows_the_boot_and_destroys(monkeypatch, capsys, tmp_pat
     log.write_text("2026-11-25 13:52:05.228+0000: starting up libvirt\n")
     # The trace of a real SeaBIOS boot (VGA 64 KiB ROM, virtio-net 256 KiB ROM), moved
     # to now and five times faster, so that it falls among the fake's samples.
-    events = measure.parse_bar_trace(data("pc-seabios-vga-virtionet.qemu.log"))
+    events = qemu_text.parse_bar_trace(data("pc-seabios-vga-virtionet.qemu.log"))
     first = min(e.time or 0 for e in events)
     now = time.time() + 0.05
     trace = "".join(
@@ -386,7 +381,7 @@ def test_measure_boot_follows_the_boot_and_destroys(monkeypatch, capsys, tmp_pat
     paused = data("q35-seabios-paused.mtree-f.txt")
     running = data("q35-dimm.mtree-f.txt")
     target = FakeTarget(active=False, flatviews=[paused, running], log=log, trace=trace)
-    monkeypatch.setattr(measure, "open_target", lambda name, uri=None: target)
+    monkeypatch.setattr(target_mod, "open_target", lambda name, uri=None: target)
     code = main(["measure", "vm1", "--boot", "--settle", "0.6", "--timeout", "5",
                  "--host-facts", str(pinned_host_file)])
     out = capsys.readouterr().out
@@ -402,7 +397,7 @@ def test_measure_boot_follows_the_boot_and_destroys(monkeypatch, capsys, tmp_pat
 
 def test_measure_boot_refuses_a_running_domain(monkeypatch, capsys):
     target = FakeTarget(active=True, flatviews=[""])
-    monkeypatch.setattr(measure, "open_target", lambda name, uri=None: target)
+    monkeypatch.setattr(target_mod, "open_target", lambda name, uri=None: target)
     assert main(["measure", "vm1", "--boot"]) == 2
     assert "shut it down first" in capsys.readouterr().err
     assert target.calls == []
@@ -412,12 +407,12 @@ def test_measure_boot_destroys_even_when_the_monitor_fails(tmp_path):
     class Broken(FakeTarget):
         def hmp(self, command: str) -> str:
             if command == "info mtree -f":
-                raise measure.MeasureError("monitor went away")
+                raise qemu_text.MeasureError("monitor went away")
             return super().hmp(command)
 
     target = Broken(active=False, flatviews=[""], log=tmp_path / "x.log")
-    with pytest.raises(measure.MeasureError, match="went away"):
-        measure.measure_boot(target, settle=0.1, timeout=1)
+    with pytest.raises(qemu_text.MeasureError, match="went away"):
+        boot.measure_boot(target, settle=0.1, timeout=1)
     assert target.calls[-1] == "destroy"
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from memlock_guard.accounting.ledger import Backing, Kind, Ledger, LedgerItem, Mode, Window
-from memlock_guard.accounting.modes import resolve
+from memlock_guard.accounting.ledger import Backing, Kind, Ledger, LedgerItem, Window
+from memlock_guard.accounting.modes import Mode, resolve
 from memlock_guard.host import facts as hostmod
 
 from ..conftest import PINNED_HOST

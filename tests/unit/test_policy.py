@@ -8,15 +8,19 @@ from pathlib import Path
 
 import pytest
 from lxml import etree
-from memlock_guard.accounting.ledger import Mode
+from memlock_guard.accounting.modes import Mode
 from memlock_guard.accounting.report import Settings
 from memlock_guard.domain import parse_domain
+from memlock_guard.policy import grammar as policy_grammar
 from memlock_guard.policy import load as pol
+from memlock_guard.policy import model as policy_model
+from memlock_guard.policy import salvage as policy_salvage
+from memlock_guard.support import defaults
 from memlock_guard.support.errors import InputError
 
 from .builders import GiB, KiB, MiB, domain_xml
 
-NS = pol.NS
+NS = defaults.POLICY_NS
 
 
 def doc(body: str, *, ns: str = NS) -> bytes:
@@ -36,19 +40,19 @@ FULL = doc("""
 
 
 def test_defaults_are_the_documented_ones():
-    d = pol.DEFAULTS
+    d = policy_model.DEFAULTS
     assert d.mode is Mode.AUTO
-    assert d.on_shortfall is pol.OnShortfall.REFUSE
+    assert d.on_shortfall is policy_model.OnShortfall.REFUSE
     assert d.adjust == {"migrate", "restore"}
     assert d.margin == 64 * MiB
     assert d.zero_page_allowance == 0
-    assert d.on_error is pol.OnError.ALLOW
+    assert d.on_error is policy_model.OnError.ALLOW
     assert d.plugins == ()
     assert d.audit_log == "/var/log/memlock-guard/audit.jsonl"
 
 
 def test_a_missing_default_file_means_the_defaults(tmp_path: Path):
-    assert pol.load(str(tmp_path / "absent.xml"), named=False) == pol.DEFAULTS
+    assert pol.load(str(tmp_path / "absent.xml"), named=False) == policy_model.DEFAULTS
 
 
 def test_a_missing_named_file_is_an_error(tmp_path: Path):
@@ -57,9 +61,10 @@ def test_a_missing_named_file_is_an_error(tmp_path: Path):
 
 
 def test_path_precedence_flag_then_environment_then_default():
-    assert pol.policy_path("/a.xml", {pol.ENV_VAR: "/b.xml"}) == ("/a.xml", True)
-    assert pol.policy_path(None, {pol.ENV_VAR: "/b.xml"}) == ("/b.xml", True)
-    assert pol.policy_path(None, {}) == (pol.DEFAULT_PATH, False)
+    env = {defaults.POLICY_ENV_VAR: "/b.xml"}
+    assert policy_model.policy_path("/a.xml", env) == ("/a.xml", True)
+    assert policy_model.policy_path(None, env) == ("/b.xml", True)
+    assert policy_model.policy_path(None, {}) == (defaults.POLICY_PATH, False)
 
 
 def test_every_setting_is_read(tmp_path: Path):
@@ -67,19 +72,19 @@ def test_every_setting_is_read(tmp_path: Path):
     f.write_bytes(FULL)
     p = pol.load(str(f))
     assert p.mode is Mode.STRICT
-    assert p.on_shortfall is pol.OnShortfall.WARN
+    assert p.on_shortfall is policy_model.OnShortfall.WARN
     assert p.adjust == {"restore"}
     assert p.may_adjust("restore") and not p.may_adjust("migrate")
     assert p.margin == 32 * MiB
     assert p.zero_page_allowance == 512 * KiB
-    assert p.on_error is pol.OnError.REFUSE
+    assert p.on_error is policy_model.OnError.REFUSE
     assert p.plugins == ("acme-gpu", "acme.nic")
     assert p.audit_log == "/srv/log/mg.jsonl"
     assert p.origin == str(f)
 
 
 def test_an_empty_document_is_the_defaults():
-    assert pol.parse(doc(""), origin="x") == pol.DEFAULTS.__class__(origin="x")
+    assert pol.parse(doc(""), origin="x") == policy_model.DEFAULTS.__class__(origin="x")
 
 
 @pytest.mark.parametrize(("text", "unit", "expected"), [
@@ -94,7 +99,7 @@ def test_sizes_are_libvirt_scaled_integers(text: str, unit: str | None, expected
 def test_zero_page_allowance_unlimited_forgives_everything():
     p = pol.parse(doc("<zero-page-allowance>unlimited</zero-page-allowance>"))
     assert p.zero_page_allowance is None
-    assert pol.to_settings(p).zero_page_allowance is None
+    assert policy_model.to_settings(p).zero_page_allowance is None
 
 
 def test_an_empty_adjust_adjusts_nothing():
@@ -104,7 +109,7 @@ def test_an_empty_adjust_adjusts_nothing():
 
 def test_to_settings_carries_the_accounting_numbers():
     p = pol.parse(FULL)
-    assert pol.to_settings(p, libvirt_version=(9, 0, 0)) == Settings(
+    assert policy_model.to_settings(p, libvirt_version=(9, 0, 0)) == Settings(
         mode=Mode.STRICT, margin=32 * MiB, zero_page_allowance=512 * KiB,
         libvirt_version=(9, 0, 0))
 
@@ -165,7 +170,7 @@ INVALID = [doc("<mode>x</mode>"), doc("<mode/><mode/>"), doc("<foo/>"),
 def test_the_relaxng_schema_and_the_checks_agree(data: bytes):
     """schemas/policy.rng is the published contract: it must accept exactly what
     policy.parse accepts (messages come from the Python checks)."""
-    schema = etree.RelaxNG(etree.parse(pol.schema_path()))
+    schema = etree.RelaxNG(etree.parse(policy_grammar.schema_path()))
     try:
         pol.parse(data)
         accepted = True
@@ -231,19 +236,20 @@ def test_a_broken_file_still_says_how_to_fail(tmp_path: Path):
     f = tmp_path / "policy.xml"
     f.write_bytes(doc("<on-error>refuse</on-error><audit-log>/srv/a.jsonl</audit-log>"
                       "<mode>bogus</mode>"))
-    with pytest.raises(pol.PolicyError) as e:
+    with pytest.raises(policy_model.PolicyError) as e:
         pol.load(str(f))
-    assert e.value.on_error is pol.OnError.REFUSE
+    assert e.value.on_error is policy_model.OnError.REFUSE
     assert e.value.audit_log == "/srv/a.jsonl"
 
 
 def test_salvage_reads_even_a_document_that_is_not_xml():
-    assert pol.salvage(b"<policy><on-error> refuse </on-error") == (pol.OnError.REFUSE, None)
+    got = policy_salvage.salvage(b"<policy><on-error> refuse </on-error")
+    assert got == (policy_model.OnError.REFUSE, None)
 
 
 def test_salvage_gives_up_on_contradictions():
     data = b"<on-error>refuse</on-error><on-error>allow</on-error>"
-    assert pol.salvage(data) == (None, None)
+    assert policy_salvage.salvage(data) == (None, None)
 
 
 # -- the per-domain override ----------------------------------------------------------------
@@ -258,7 +264,7 @@ def test_metadata_overrides_the_domain_settings():
         f'<mg:margin unit="GiB">1</mg:margin></mg:policy>'))
     base = pol.parse(FULL, origin="/etc/memlock-guard/policy.xml")
     p = pol.for_domain(base, d)
-    assert p.on_shortfall is pol.OnShortfall.WARN
+    assert p.on_shortfall is policy_model.OnShortfall.WARN
     assert p.margin == GiB
     assert p.mode is Mode.STRICT  # not overridden: the host's
     assert p.overridden == ("on-shortfall", "margin")
@@ -269,7 +275,7 @@ def test_children_without_a_namespace_count_as_ours():
     """virsh metadata --set '<policy><mode>..' may leave the children un-namespaced."""
     d = parse_domain(with_metadata(f'<mg:policy xmlns:mg="{NS}"><mode>tolerant</mode>'
                                    f'</mg:policy>'))
-    assert pol.for_domain(pol.DEFAULTS, d).mode is Mode.TOLERANT
+    assert pol.for_domain(policy_model.DEFAULTS, d).mode is Mode.TOLERANT
 
 
 @pytest.mark.parametrize("element", ["<on-error>allow</on-error>",
@@ -278,16 +284,16 @@ def test_children_without_a_namespace_count_as_ours():
 def test_host_only_settings_cannot_be_set_per_domain(element: str):
     d = parse_domain(with_metadata(f'<policy xmlns="{NS}">{element}</policy>'))
     with pytest.raises(InputError, match="only be set in the host policy file"):
-        pol.for_domain(pol.DEFAULTS, d)
+        pol.for_domain(policy_model.DEFAULTS, d)
 
 
 def test_a_domain_without_our_metadata_keeps_the_host_policy():
     d = parse_domain(with_metadata('<other xmlns="urn:x"><mode>warn</mode></other>'))
-    assert pol.for_domain(pol.DEFAULTS, d) is pol.DEFAULTS
+    assert pol.for_domain(policy_model.DEFAULTS, d) is policy_model.DEFAULTS
 
 
 def test_a_broken_override_names_the_domain_and_element():
     d = parse_domain(with_metadata(f'<mg:policy xmlns:mg="{NS}"><mg:mode>fast</mg:mode>'
                                    f'</mg:policy>'))
     with pytest.raises(InputError, match=r"vm1's <metadata> policy line 1: <mode> is 'fast'"):
-        pol.for_domain(pol.DEFAULTS, d)
+        pol.for_domain(policy_model.DEFAULTS, d)

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from memlock_guard.accounting.ledger import Backing, Kind, Ledger, LedgerItem, Mode
+from memlock_guard.accounting.ledger import Backing, Kind, Ledger, LedgerItem
+from memlock_guard.accounting.modes import Mode
 from memlock_guard.accounting.report import DEFAULT_MARGIN
-from memlock_guard.accounting.verdict import EffectiveLimit, Outcome, judge
+from memlock_guard.accounting.verdict import EffectiveLimit, Fit, judge
 from memlock_guard.commands.render import sentence
 from memlock_guard.host import facts as hostmod
 
@@ -39,29 +40,29 @@ def _judge(ram: int, limit: int | None, *, zero: int = 0, mode: Mode = Mode.STRI
 
 def test_fits_with_headroom():
     v = _judge(GiB, 2 * GiB)
-    assert (v.outcome, v.headroom) == (Outcome.FITS, GiB)
+    assert (v.fit, v.headroom) == (Fit.FITS, GiB)
 
 
 def test_exactly_at_the_limit_fits_with_zero_headroom():
     v = _judge(GiB, GiB)
-    assert (v.outcome, v.headroom) == (Outcome.FITS, 0)
+    assert (v.fit, v.headroom) == (Fit.FITS, 0)
 
 
 def test_one_byte_over_is_short():
     v = _judge(GiB + 1, GiB)
-    assert (v.outcome, v.headroom) == (Outcome.SHORT, -1)
+    assert (v.fit, v.headroom) == (Fit.SHORT, -1)
 
 
 def test_unlimited_has_no_headroom():
     v = _judge(GiB, None)
-    assert (v.outcome, v.headroom) == (Outcome.UNLIMITED, None)
+    assert (v.fit, v.headroom) == (Fit.UNLIMITED, None)
 
 
 def test_the_mode_picks_which_requirement_is_judged():
     strict = _judge(GiB, GiB, zero=MiB, mode=Mode.STRICT)
     tolerant = _judge(GiB, GiB, zero=MiB, mode=Mode.TOLERANT)
-    assert (strict.outcome, strict.required) == (Outcome.SHORT, GiB + MiB)
-    assert (tolerant.outcome, tolerant.required) == (Outcome.FITS, GiB)
+    assert (strict.fit, strict.required) == (Fit.SHORT, GiB + MiB)
+    assert (tolerant.fit, tolerant.required) == (Fit.FITS, GiB)
     assert strict.required_tolerant == tolerant.required_tolerant == GiB
     assert strict.required_strict == tolerant.required_strict == GiB + MiB
 
@@ -98,12 +99,12 @@ def test_nothing_pins_so_nothing_is_required_and_the_inherited_limit_stays(pinne
     v = r.verdict
     assert (v.required_strict, v.required_tolerant) == (0, 0)
     assert (v.limit.source, v.limit.bytes) == ("inherited", MEMLOCK_64M)
-    assert (v.outcome, v.headroom) == (Outcome.FITS, MEMLOCK_64M)
+    assert (v.fit, v.headroom) == (Fit.FITS, MEMLOCK_64M)
 
 
 def test_an_unlimited_inherited_limit_is_unlimited():
     r = report(_host(inherited_memlock_bytes=None), domain_xml())
-    assert r.verdict.outcome is Outcome.UNLIMITED
+    assert r.verdict.fit is Fit.UNLIMITED
 
 
 def test_libvirt_formula_is_the_effective_limit(pinned_host):
@@ -112,21 +113,21 @@ def test_libvirt_formula_is_the_effective_limit(pinned_host):
     v = r.verdict
     assert (v.limit.source, v.limit.bytes) == ("libvirt-formula", 4 * GiB + GiB)
     assert v.headroom == 5 * GiB - v.required_strict
-    assert v.outcome is Outcome.FITS
+    assert v.fit is Fit.FITS
 
 
 def test_hard_limit_is_the_effective_limit_and_can_be_short(pinned_host):
     xml = domain_xml(hostdevs(1), memory="4", unit="GiB",
                      extra="<memtune><hard_limit unit='GiB'>4</hard_limit></memtune>")
     v = report(pinned_host, xml, mode=Mode.STRICT).verdict
-    assert (v.limit.source, v.limit.bytes, v.outcome) == ("hard_limit", 4 * GiB, Outcome.SHORT)
+    assert (v.limit.source, v.limit.bytes, v.fit) == ("hard_limit", 4 * GiB, Fit.SHORT)
     assert v.headroom == 4 * GiB - v.required_strict < 0
 
 
 def test_locked_is_unlimited(pinned_host):
     xml = domain_xml(hostdevs(1), extra="<memoryBacking><locked/></memoryBacking>")
     v = report(pinned_host, xml).verdict
-    assert (v.limit.source, v.outcome, v.headroom) == ("locked", Outcome.UNLIMITED, None)
+    assert (v.limit.source, v.fit, v.headroom) == ("locked", Fit.UNLIMITED, None)
 
 
 def test_vIOMMU_with_three_devices_is_short_by_three_times_the_non_ram_bytes(pinned_host):
@@ -143,7 +144,7 @@ def test_kubevirt_platform_uses_virt_handlers_limit(pinned_host):
     r = report(pinned_host, xml, platform="kubevirt", kubevirt_version="1.9")
     assert (r.verdict.limit.source, r.verdict.limit.bytes) == ("kubevirt", r.kubevirt.bytes)
     main = report(pinned_host, xml, platform="kubevirt", kubevirt_version="main")
-    assert main.verdict.outcome is Outcome.UNLIMITED
+    assert main.verdict.fit is Fit.UNLIMITED
 
 
 # --- footprint and the recommended hard_limit, end to end -----------------------------
@@ -167,7 +168,7 @@ def test_the_sentence_names_the_verdict_and_for_short_the_remedy(pinned_host):
     xml = domain_xml(hostdevs(1), extra="<memtune><hard_limit unit='GiB'>1</hard_limit>"
                                         "</memtune>")
     r = report(pinned_host, xml)
-    assert r.verdict.outcome is Outcome.SHORT
+    assert r.verdict.fit is Fit.SHORT
     text = sentence(r)
     assert text.startswith("SHORT") and "\n" not in text
     assert str(r.verdict.recommended_hard_limit // KiB) in text  # KiB, as memtune takes it

@@ -16,7 +16,8 @@ from memlock_guard.host.facts import HostFacts
 from memlock_guard.libvirtd.reconcile import Judge
 from memlock_guard.libvirtd.watch import PolicySource, Watcher
 from memlock_guard.policy import load as policymod
-from memlock_guard.support import audit
+from memlock_guard.policy import model as policy_model
+from memlock_guard.support import audit, defaults
 
 from .testdriver import FITTING_DOMAIN, URI, Driver, open_test_driver, short_xml
 
@@ -54,7 +55,7 @@ class Running:
 def watcher(td: Driver, host: HostFacts, **kw: Any) -> Watcher:
     source = PolicySource(str(td.policy), named=True)
 
-    def make_judge(_conn: Any, pol: policymod.Policy) -> Judge:
+    def make_judge(_conn: Any, pol: policy_model.Policy) -> Judge:
         return Judge(policy=pol, host=host, probe_files=False)
 
     return Watcher(URI, source, make_judge, match="mgt-*", **kw)
@@ -181,10 +182,10 @@ def test_a_policy_override_set_with_virsh_metadata_is_acted_on(td: Driver,
         assert w.stats["raised"] == 0  # fits: the host policy resolves auto to tolerant
         probe.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT,
                           "<policy><mode>strict</mode></policy>", "mg",
-                          policymod.NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+                          defaults.POLICY_NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
         until("raised after the override", lambda: w.stats["raised"] == 1)
     (rec,) = audit.read(str(td.audit_log))
-    assert rec["trigger"] == f"metadata {policymod.NS}"
+    assert rec["trigger"] == f"metadata {defaults.POLICY_NS}"
     assert rec["mode"] == "strict" and rec["hard_limit_from"] == kib * 1024
 
 
@@ -220,7 +221,7 @@ def test_a_lasting_failure_does_not_spin(td: Driver) -> None:
     from memlock_guard.libvirtd import client as lc
     from memlock_guard.support.errors import InputError
 
-    def broken(_conn: Any, _pol: policymod.Policy) -> Judge:
+    def broken(_conn: Any, _pol: policy_model.Policy) -> Judge:
         raise InputError("cannot read host facts /nonexistent: No such file or directory")
 
     w = Watcher(URI, PolicySource(str(td.policy), named=True), broken,

@@ -20,9 +20,26 @@ import pluggy
 
 from ..domain import Domain
 from ..host.facts import HostFacts
-from ..plugins import manager as plugins
 from ..support.units import MAX_BYTES
 from .ledger import Backing, Exposure, Kind, Ledger, LedgerItem, Window
+
+# The built-in estimators, in registration order (the ledger lists their items in this
+# order). Named, not imported: the engine calls them directly when no third-party plugin
+# is allowed, and plugins/manager.py registers them with pluggy otherwise.
+BUILTIN_MODULES = (
+    "memlock_guard.estimators.containers",
+    "memlock_guard.estimators.ram",
+    "memlock_guard.estimators.firmware",
+    "memlock_guard.estimators.video",
+    "memlock_guard.estimators.option_roms",
+)
+
+
+_BUILTIN = frozenset(BUILTIN_MODULES)
+
+
+def is_builtin(plugin_name: str | None) -> bool:
+    return plugin_name in _BUILTIN
 
 
 def build_ledger(domain: Domain, host: HostFacts,
@@ -34,14 +51,14 @@ def build_ledger(domain: Domain, host: HostFacts,
     reasons: list[tuple[str, str]] = []
     for name, got in _call_each(pm, "memlock_guard_container_reasons", domain, host,
                                 excluded):
-        bad = _invalid_reasons(got, third_party=not plugins.is_builtin(name))
+        bad = _invalid_reasons(got, third_party=not is_builtin(name))
         if bad:
             _reject(name, bad, excluded)
             continue
         reasons += [(name, r) for r in got]
     exposures: list[tuple[str, Exposure]] = []
     for name, got in _call_each(pm, "memlock_guard_exposures", domain, host, excluded):
-        bad = _invalid(got, third_party=not plugins.is_builtin(name))
+        bad = _invalid(got, third_party=not is_builtin(name))
         if bad:
             _reject(name, bad, excluded)
             continue
@@ -68,7 +85,7 @@ def _builtin_estimators() -> tuple[tuple[Estimator, ...], tuple[Estimator, ...]]
     if _BUILTINS is None:
         import importlib
 
-        mods = [importlib.import_module(name) for name in plugins.BUILTIN_MODULES]
+        mods = [importlib.import_module(name) for name in BUILTIN_MODULES]
         _BUILTINS = (
             tuple(m.memlock_guard_container_reasons for m in mods
                   if hasattr(m, "memlock_guard_container_reasons")),
@@ -111,7 +128,7 @@ def _call_each(pm: pluggy.PluginManager, hook_name: str, domain: Domain, host: H
     # Registration order, so the ledger reads RAM, firmware, video, ROMs, then plugins.
     for impl in getattr(pm.hook, hook_name).get_hookimpls():
         name = impl.plugin_name
-        if plugins.is_builtin(name):
+        if is_builtin(name):
             yield name, list(impl.function(domain=domain, host=host) or ())
             continue
         if name in excluded:
@@ -149,7 +166,7 @@ def _collect(result: Any) -> list[Any] | str:
 
 
 def _reject(name: str, why: str, excluded: dict[str, str]) -> None:
-    if plugins.is_builtin(name):
+    if is_builtin(name):
         raise AssertionError(f"built-in estimator {name}: {why}")  # our bug: surface it
     excluded.setdefault(name, why)
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import NamedTuple
 
+from .modes import Mode
+
 
 class Backing(StrEnum):
     ANON = "anon"  # guest RAM, memory devices: written, so always real pages
@@ -37,12 +39,6 @@ class Kind(StrEnum):
 class Window(StrEnum):
     BOOT_ROM = "boot-rom"  # option-ROM BARs: mapped one region at a time during boot
     PRE_FIRMWARE = "pre-firmware"  # mapped together until the firmware shadows itself
-
-
-class Mode(StrEnum):
-    STRICT = "strict"  # every mapped page is charged (Linux >= 6.2, iommufd)
-    TOLERANT = "tolerant"  # zero-fill pages are not charged, up to an allowance
-    AUTO = "auto"  # decide from the host
 
 
 class Exposure(NamedTuple):

@@ -1,4 +1,4 @@
-"""Resolving the ``auto`` accounting mode from host facts.
+"""The accounting modes, and resolving ``auto`` from host facts.
 
 Upstream has no module parameter for zero-page accounting (the 2022 "strict" and
 "tolerated overrun" proposals were not merged), but a vendor kernel may carry one:
@@ -9,8 +9,16 @@ Linux >= 6.2 breaks COW for read-only long-term pins, so zero pages are charged
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from ..host.facts import HostFacts
-from .ledger import Mode
+
+
+class Mode(StrEnum):
+    STRICT = "strict"  # every mapped page is charged (Linux >= 6.2, iommufd)
+    TOLERANT = "tolerant"  # zero-fill pages are not charged, up to an allowance
+    AUTO = "auto"  # decide from the host
+
 
 STRICT_PARAMS = ("strict", "strict_zero_page", "account_zero_page")
 

@@ -6,7 +6,7 @@ check, apply, watch), so they can never disagree about a domain.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pluggy
 
@@ -15,11 +15,12 @@ from ..baselines.kubevirt import KubevirtLimit, kubevirt_limit
 from ..baselines.libvirt import LibvirtLimit, libvirt_limit
 from ..domain import Domain
 from ..host.facts import HostFacts
+from ..support import audit
 from ..support.units import MiB
 from .engine import build_ledger
 from .footprint import qemu_footprint
-from .ledger import Ledger, Mode
-from .modes import resolve
+from .ledger import Ledger
+from .modes import Mode, resolve
 from .verdict import EffectiveLimit, Verdict, judge
 
 DEFAULT_MARGIN = 64 * MiB
@@ -79,3 +80,16 @@ def effective_limit(lv: LibvirtLimit, kv: KubevirtLimit, host: HostFacts,
         return inherited
     source = "libvirt-formula" if lv.source == "formula" else lv.source
     return EffectiveLimit(lv.bytes, source, lv.explanation)
+
+
+def audit_record(op: str, report: Report, *, action: str, policy: str | None = None,
+                 **extra: Any) -> dict[str, Any]:
+    """The audit-log record of a decision made on ``report`` (the hook, apply, watch)."""
+    v = report.verdict
+    if report.ledger.excluded_plugins:
+        extra.setdefault("excluded_plugins", list(report.ledger.excluded_plugins))
+    return audit.entry(op=op, domain=report.domain.name, uuid=report.domain.uuid,
+                       action=action, verdict=v.fit.value, mode=v.mode.value,
+                       required=v.required, limit=v.limit.bytes, limit_source=v.limit.source,
+                       recommended_hard_limit=v.recommended_hard_limit, policy=policy,
+                       **extra)

@@ -9,10 +9,13 @@ from enum import StrEnum
 from typing import NamedTuple
 
 from ..support.units import MiB, round_up
-from .ledger import Ledger, Mode
+from .ledger import Ledger
+from .modes import Mode
 
 
-class Outcome(StrEnum):
+class Fit(StrEnum):
+    """Whether the requirement fits under the limit QEMU gets."""
+
     FITS = "fits"
     SHORT = "short"
     UNLIMITED = "unlimited"
@@ -30,7 +33,7 @@ class Verdict(NamedTuple):
     required_strict: int
     required_tolerant: int
     limit: EffectiveLimit
-    outcome: Outcome
+    fit: Fit
     headroom: int | None  # limit - required; None when unlimited
     footprint: int
     recommended_hard_limit: int
@@ -45,10 +48,10 @@ def judge(ledger: Ledger, limit: EffectiveLimit, *, mode: Mode, mode_reason: str
     strict, tolerant = ledger.requirements(zero_page_allowance)
     required = strict if mode is Mode.STRICT else tolerant
     if limit.bytes is None:
-        outcome, headroom = Outcome.UNLIMITED, None
+        fit, headroom = Fit.UNLIMITED, None
     else:
         headroom = limit.bytes - required
-        outcome = Outcome.FITS if headroom >= 0 else Outcome.SHORT
+        fit = Fit.FITS if headroom >= 0 else Fit.SHORT
     recommended = round_up(max(required, footprint) + margin, MiB)
-    return Verdict(mode, mode_reason, strict, tolerant, limit, outcome, headroom, footprint,
+    return Verdict(mode, mode_reason, strict, tolerant, limit, fit, headroom, footprint,
                    recommended)

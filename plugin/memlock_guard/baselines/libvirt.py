@@ -37,14 +37,6 @@ class LibvirtLimit(NamedTuple):
         return self.bytes is None
 
 
-def has_viommu(domain: Domain, version: tuple[int, int, int] | None = None) -> bool:
-    if domain.iommu is not None:
-        return True
-    v = version or LATEST
-    return (v >= (10, 10, 0) and domain.is_x86 and domain.machine.family == "q35"
-            and domain.vcpus > 255)
-
-
 def memory_total(domain: Domain, *, at_start: bool) -> int:
     """virDomainDefGetMemoryTotal, after qemuDomainAlignMemorySizes when ``at_start``."""
     if not at_start:
@@ -105,7 +97,7 @@ def libvirt_limit(domain: Domain, version: tuple[int, int, int] | None = None, *
             return LibvirtLimit(v, mem + GiB, "formula",
                                 "memory + 1 GiB (libvirt < 8.7: one factor for any device)")
         return _none(v)
-    iommu = has_viommu(domain, v)
+    iommu = domain.has_viommu(v)
     factor = nvdpa + ((nvfio if iommu else 1) if nvfio else 0)
     parts = []
     if nvfio:

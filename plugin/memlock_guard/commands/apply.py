@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from ..libvirtd import client as lc
-    from ..libvirtd.reconcile import audit_record, reconcile
+    from ..libvirtd.reconcile import raise_record, reconcile
     from ..support import audit
     from ..support.errors import MemlockGuardError
     from .libvirt_common import load_policy, make_judge, refuse_kubevirt, selected, uri
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                     print(f"{name}: error: {e}")
                 continue
             if out.written:
-                audit.log(policy.audit_log, audit_record(out, op="apply"))
+                audit.log(policy.audit_log, raise_record(out, op="apply"))
             doc = _doc(out, args.dry_run)
             results.append(doc)
             if args.format != "json":

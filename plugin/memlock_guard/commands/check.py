@@ -92,10 +92,10 @@ def _row(dom: Any, judge: Any) -> Row:
         "limit_bytes": v.limit.bytes,
         "limit_source": v.limit.source,
         "headroom_bytes": v.headroom,
-        "verdict": v.outcome.value,
+        "verdict": v.fit.value,
         "recommended_hard_limit_bytes": v.recommended_hard_limit,
     }
-    return Row(name, uuid, data, short=v.outcome.value == "short", error=False)
+    return Row(name, uuid, data, short=v.fit.value == "short", error=False)
 
 
 def _table(rows: list[Row]) -> str:

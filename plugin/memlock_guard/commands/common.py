@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -11,7 +10,6 @@ from ..support.errors import InputError
 
 if TYPE_CHECKING:
     from ..accounting.report import Settings
-    from ..domain import Domain
     from ..host.facts import HostFacts
 
 
@@ -45,7 +43,7 @@ def add_judgement_options(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    from ..accounting.ledger import Mode
+    from ..accounting.modes import Mode
     from ..accounting.report import DEFAULT_MARGIN, Settings
     from ..baselines.kubevirt import DEFAULT_VERSION, KNOWN_VERSIONS
     from ..host.facts import parse_version
@@ -75,13 +73,6 @@ def host_facts(args: argparse.Namespace, extra_files: tuple[str, ...] = ()) -> H
     override = host.load_override(args.host_facts) if args.host_facts else None
     return host.collect(extra_files=extra_files, probe_qemu=True, probe_libvirt=True,
                         override=override)
-
-
-def domain_files(domain: Domain) -> tuple[str, ...]:
-    """Absolute files a domain names whose sizes matter: loaders and <rom file>s."""
-    paths = [domain.firmware.loader_path]
-    paths += [i.rom.file for i in domain.interfaces] + [h.rom.file for h in domain.hostdevs]
-    return tuple(p for p in paths if p and os.path.isabs(p))
 
 
 def read_xml_arg(path: str) -> bytes:

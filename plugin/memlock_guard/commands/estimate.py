@@ -35,10 +35,10 @@ def run(args: argparse.Namespace) -> int:
     from ..accounting.report import assess
     from ..domain import parse_domain
     from . import render
-    from .common import domain_files, host_facts, read_xml_arg, settings_from_args
+    from .common import host_facts, read_xml_arg, settings_from_args
 
     domain = parse_domain(read_xml_arg(args.xml))
     settings = settings_from_args(args)
-    report = assess(domain, host_facts(args, domain_files(domain)), settings)
+    report = assess(domain, host_facts(args, domain.named_files), settings)
     print(render.to_json(report) if args.format == "json" else render.to_text(report))
     return 0

@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
 def side_by_side(r: Report) -> list[dict[str, Any]]:
     """Each rule's limit for this domain, and whether the requirement fits under it."""
+    from ..accounting.report import effective_limit
     from ..baselines.libvirt import LATEST, libvirt_limit
     from ..domain import Memtune
 
@@ -109,9 +110,8 @@ def side_by_side(r: Report) -> list[dict[str, Any]]:
         label = ".".join(map(str, ver))
         if ver == LATEST and ver != r.libvirt.version:
             label += " (newest rules)"
-        limit = (r.host.inherited_memlock or 0) if lv.source == "none" else lv.bytes
-        row(f"libvirt {label}, no hard_limit", limit,
-            "inherited" if lv.source == "none" else lv.source)
+        got = effective_limit(lv, r.kubevirt, r.host, "libvirt")
+        row(f"libvirt {label}, no hard_limit", got.bytes, got.source)
     kv = r.kubevirt
     row(f"KubeVirt {kv.version}", None if kv.unlimited else (kv.bytes or 0), "kubevirt")
     row("recommended hard_limit", v.recommended_hard_limit, "memlock-guard")

@@ -50,7 +50,7 @@ MAX_SHEBANG = 255  # Linux BINPRM_BUF_SIZE (256) including the newline
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from ..hook.entry import DECISION_CACHE, FACTS_CACHE
+    from ..support.defaults import DECISION_CACHE, FACTS_CACHE
 
     p.add_argument("--hooks-dir", metavar="DIR", default=DEFAULT_HOOKS_DIR,
                    help=f"libvirt's hook directory (default {DEFAULT_HOOKS_DIR})")
@@ -123,72 +123,19 @@ def _template() -> str:
         return f.read()
 
 
-def write_atomically(path: str, text: str, mode: int) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # the umask may have narrowed it
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def cache_host_facts(path: str) -> dict[str, object]:
-    """Probe what the hook cannot afford per start and write it where the hook reads it."""
-    import json
-
-    from ..host import facts as host
-
-    facts = host.collect(probe_qemu=True, probe_libvirt=True)
-    version = facts.libvirt_version or _daemon_version()
-    data: dict[str, object] = {
-        "libvirt_version": None if version is None else ".".join(map(str, version)),
-        "qemu_version": (None if facts.qemu_version is None
-                         else ".".join(map(str, facts.qemu_version))),
-        "qemu_data_dirs": list(facts.qemu_data_dirs),
-    }
-    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
-    write_atomically(path, json.dumps(data, indent=2) + "\n", 0o644)
-    return data
-
-
-def _daemon_version() -> tuple[int, int, int] | None:
-    """libvirt's version from its daemons, when libvirt-python is not installed."""
-    import re
-    import shutil
-    import subprocess
-
-    for daemon in ("virtqemud", "libvirtd"):
-        exe = shutil.which(daemon, path="/usr/sbin:/usr/bin:/sbin:/bin")
-        if not exe:
-            continue
-        try:
-            out = subprocess.run([exe, "--version"], capture_output=True, text=True,
-                                 timeout=10, check=False).stdout
-        except (OSError, subprocess.SubprocessError):
-            continue
-        m = re.search(r"(\d+)\.(\d+)\.(\d+)", out)
-        if m:
-            return int(m.group(1)), int(m.group(2)), int(m.group(3))
-    return None
-
-
 def run(args: argparse.Namespace) -> int:
+    from ..host import cache as host_cache
     from ..policy import load as pol
+    from ..support import defaults
     from ..support.errors import InputError
+    from ..support.files import write_atomically
 
     python = args.python
     if not os.path.isabs(python) or not os.access(python, os.X_OK):
         raise InputError(f"--python {python!r} is not an absolute path to an executable")
     policy_path = os.path.abspath(args.policy) if args.policy else None
     notes: list[str] = []
-    shown_policy = policy_path or pol.DEFAULT_PATH
+    shown_policy = policy_path or defaults.POLICY_PATH
     if os.path.exists(shown_policy):
         p = pol.load(shown_policy)  # a broken policy stops the install, with its line
         notes.append(f"policy {shown_policy}: mode {p.mode.value}, on-shortfall "
@@ -198,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         notes.append(f"warning: policy {policy_path} does not exist yet; until it does, "
                      f"every start takes the on-error path (allow)")
     else:
-        notes.append(f"no policy at {pol.DEFAULT_PATH}: the built-in defaults apply (mode "
+        notes.append(f"no policy at {defaults.POLICY_PATH}: the built-in defaults apply (mode "
                      f"auto, on-shortfall refuse, on-error allow)")
 
     hooks_dir = os.path.abspath(args.hooks_dir)
@@ -232,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         from ..hook.cache import clear
 
         clear(cache_dir)  # answers of an earlier engine or policy must not be replayed
-    facts = cache_host_facts(args.facts_cache) if args.facts_cache else {}
+    facts = host_cache.write(args.facts_cache) if args.facts_cache else {}
     if facts:
         print(f"cached host facts in {args.facts_cache}: libvirt "
               f"{facts.get('libvirt_version') or 'unknown'}, QEMU "

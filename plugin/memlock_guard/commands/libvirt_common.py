@@ -10,21 +10,22 @@ from ..support.errors import InputError
 
 if TYPE_CHECKING:
     from ..libvirtd.reconcile import Judge
-    from ..policy.load import Policy
+    from ..policy.model import Policy
 
 CONNECT_HELP = ("libvirt connection URI (default qemu:///system; e.g. qemu:///session, "
                 "test:///default). Host facts (ROM files, kernel) are read on this "
                 "machine, so run on the VM host itself")
 
 
+POLICY_HELP = ("policy file (default: $MEMLOCK_GUARD_POLICY, else "
+               "/etc/memlock-guard/policy.xml, else built-in defaults); a domain's "
+               "<metadata><mg:policy> overrides it, and options given here override both")
+
+
 def add_connect_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("libvirt and policy")
     g.add_argument("--connect", "-c", metavar="URI", default=None, help=CONNECT_HELP)
-    g.add_argument("--policy", metavar="FILE", default=None,
-                   help="policy file (default: $MEMLOCK_GUARD_POLICY, else "
-                        "/etc/memlock-guard/policy.xml, else built-in defaults); a "
-                        "domain's <metadata><mg:policy> overrides it, and options given "
-                        "here override both")
+    g.add_argument("--policy", metavar="FILE", default=None, help=POLICY_HELP)
 
 
 def add_selection(p: argparse.ArgumentParser, *, what: str) -> None:
@@ -50,8 +51,9 @@ def refuse_kubevirt(args: argparse.Namespace, verb: str) -> None:
 
 def load_policy(args: argparse.Namespace) -> Policy:
     from ..policy import load as policy
+    from ..policy import model as policy_model
 
-    path, named = policy.policy_path(args.policy)
+    path, named = policy_model.policy_path(args.policy)
     return policy.load(path, named=named)
 
 
@@ -82,7 +84,7 @@ def make_judge(args: argparse.Namespace, conn: Any, policy: Policy | None = None
     from ..host import facts as hostmod
     from ..libvirtd import client as lc
     from ..libvirtd.reconcile import Judge
-    from ..policy import load as policymod
+    from ..policy import model as policy_model
 
     p = policy if policy is not None else load_policy(args)
     override = hostmod.load_override(args.host_facts) if args.host_facts else None
@@ -93,7 +95,7 @@ def make_judge(args: argparse.Namespace, conn: Any, policy: Policy | None = None
         facts = facts._replace(libvirt_version=lc.daemon_version(conn))
     probe = override is None or bool(override.get("probe_host", True))
     return Judge(policy=p, host=facts, overrides=overrides(args), probe_files=probe,
-                 pm=policymod.plugin_manager(p))
+                 pm=policy_model.plugin_manager(p))
 
 
 def selected(conn: Any, args: argparse.Namespace, *, persistent_only: bool) -> list[Any]:

@@ -7,7 +7,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..measure.run import Measurement
+    from ..measure.boot import Measurement
 
 HELP = "read what a running QEMU maps for DMA (or follow a boot) and compare with the estimate"
 DESCRIPTION = """\
@@ -48,7 +48,7 @@ domain could not be measured."""
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("domain", metavar="DOMAIN", help="libvirt domain name, UUID or id")
-    from .libvirt_common import CONNECT_HELP
+    from .libvirt_common import CONNECT_HELP, POLICY_HELP
 
     p.add_argument("--connect", "-c", metavar="URI", default=None,
                    help=CONNECT_HELP + ". --boot needs the domain's QEMU log readable "
@@ -61,6 +61,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "OVMF under TCG wants 8 or more)")
     p.add_argument("--timeout", metavar="SECONDS", type=float, default=60.0,
                    help="with --boot: stop following the boot after this long (default 60)")
+    p.add_argument("--policy", metavar="FILE", default=None,
+                   help=POLICY_HELP.replace("options given here override both",
+                                            "its plugins count in the estimate"))
     p.add_argument("--host-facts", metavar="FILE", default=None,
                    help="JSON file overriding what the estimate reads from this host")
     p.add_argument("--format", choices=("text", "json"), default="text",
@@ -68,22 +71,31 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..accounting.engine import build_ledger
     from ..accounting.ledger import Kind
+    from ..accounting.report import assess
     from ..domain import parse_domain
-    from ..measure.run import estimated_non_ram, measure_boot, measure_now, open_target
+    from ..measure.boot import measure_boot, measure_now
+    from ..measure.compare import estimated_non_ram
+    from ..measure.target import open_target
+    from ..policy.load import for_domain
+    from ..policy.model import plugin_manager, to_settings
     from ..support.errors import InputError
-    from .common import domain_files, host_facts
+    from .common import host_facts
+    from .libvirt_common import load_policy
 
     if args.settle <= 0 or args.timeout <= 0:
         raise InputError("--settle and --timeout must be positive")
+    policy = load_policy(args)  # a broken policy fails before the domain is touched
     target = open_target(args.domain, args.connect)
     if args.boot:
         m = measure_boot(target, settle=args.settle, timeout=args.timeout)
     else:
         m = measure_now(target)
     domain = parse_domain(m.xml.encode())
-    ledger = build_ledger(domain, host_facts(args, domain_files(domain)))
+    # The same judgement as every other verb: the policy's plugins count too.
+    p = for_domain(policy, domain)
+    ledger = assess(domain, host_facts(args, domain.named_files), to_settings(p),
+                    plugin_manager(p)).ledger
     estimate, always = estimated_non_ram(ledger)
     items = [(i.source, i.bytes, i.window.value if i.window else None)
              for i in ledger.items if i.kind is not Kind.RAM]
@@ -94,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(m: Measurement, estimate: int, always: int,
             items: list[tuple[str, int, str | None]]) -> dict[str, Any]:
-    from ..measure.run import tolerance
+    from ..measure.compare import tolerance
 
     diff = estimate - m.non_ram_bytes
     tol = tolerance(m.non_ram_bytes)

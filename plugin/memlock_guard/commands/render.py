@@ -6,9 +6,9 @@ import json
 from typing import Any
 
 from .. import __version__
-from ..accounting.ledger import Mode
+from ..accounting.modes import Mode
 from ..accounting.report import Report
-from ..accounting.verdict import Outcome
+from ..accounting.verdict import Fit
 from ..support.units import human
 
 JSON_SCHEMA_ID = "urn:memlock-guard:estimate:1"
@@ -47,7 +47,7 @@ def to_dict(r: Report) -> dict[str, Any]:
         },
         "effective_limit": {"bytes": v.limit.bytes, "unlimited": v.limit.bytes is None,
                             "source": v.limit.source, "explanation": v.limit.explanation},
-        "verdict": v.outcome.value,
+        "verdict": v.fit.value,
         "headroom_bytes": v.headroom,
         "footprint_bytes": v.footprint,
         "recommended_hard_limit_bytes": v.recommended_hard_limit,
@@ -63,13 +63,13 @@ def sentence(r: Report) -> str:
     """The verdict in one sentence."""
     v = r.verdict
     need = f"{human(v.required)} ({v.mode.value})"
-    if v.outcome is Outcome.UNLIMITED:
+    if v.fit is Fit.UNLIMITED:
         return f"fits: QEMU's memlock is unlimited ({v.limit.explanation}); needs {need}."
     limit = human(v.limit.bytes)
     if v.required == 0:
         return f"fits: nothing pins guest memory (no VFIO, NVMe or vDPA device); limit {limit}."
     assert v.headroom is not None
-    if v.outcome is Outcome.FITS:
+    if v.fit is Fit.FITS:
         return (f"fits: needs {need}, QEMU gets {limit} ({v.limit.source}), "
                 f"headroom {human(v.headroom)}.")
     return (f"SHORT by {human(-v.headroom)}: needs {need} but QEMU gets {limit} "

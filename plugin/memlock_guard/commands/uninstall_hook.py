@@ -24,7 +24,7 @@ exit status: 0 (also when there was nothing to remove)."""
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from ..hook.entry import DECISION_CACHE, FACTS_CACHE
+    from ..support.defaults import DECISION_CACHE, FACTS_CACHE
     from .install_hook import DEFAULT_HOOKS_DIR
 
     p.add_argument("--hooks-dir", metavar="DIR", default=DEFAULT_HOOKS_DIR,

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     import threading
 
     from ..libvirtd.watch import PolicySource, Watcher
-    from ..policy import load as policymod
+    from ..policy import model as policy_model
     from ..support.errors import InputError
     from .libvirt_common import make_judge, refuse_kubevirt, uri
 
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--resync-interval must be 0 (off) or a number of seconds")
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.verbose
                         else logging.INFO, format="memlock-guard watch: %(message)s")
-    path, named = policymod.policy_path(args.policy)
+    path, named = policy_model.policy_path(args.policy)
     source = PolicySource(path, named)  # an unusable policy at start: exit 2 at once
     # Parse the judgement options and the host-facts file now, so a typo fails at once
     # (exit 2) instead of at every reconnect.

@@ -11,12 +11,12 @@ from .firmware import Firmware, Machine
 from .hostdev import Hostdev
 from .interface import Interface
 from .memory import MemoryBacking, MemoryDevice, Memtune
-from .model import POLICY_NS, Domain, domain_from_element, parse_domain
+from .model import Domain, parse_domain
 from .rom import Rom
 from .video import Video
 
 __all__ = [
-    "POLICY_NS", "Controller", "Disk", "Domain", "Firmware", "Hostdev", "Interface",
+    "Controller", "Disk", "Domain", "Firmware", "Hostdev", "Interface",
     "Machine", "MemoryBacking", "MemoryDevice", "Memtune", "Rom", "Video",
-    "domain_from_element", "parse_domain",
+    "parse_domain",
 ]

@@ -6,7 +6,7 @@ import functools
 import re
 from typing import NamedTuple
 
-from .xmlmap import Element, attr, group, switch, text
+from .xmlmap import Element, attr, switch, text
 
 _VERSIONED = re.compile(r"-(\d+)\.(\d+)(?:$|[.-])")
 
@@ -71,53 +71,56 @@ class Firmware(NamedTuple):
             return "pflash"
         return "seabios"
 
-    @classmethod
-    def from_domain(cls, root: Element) -> Firmware:
-        return cls.from_blocks(group(root).get("os"))
-
-    @classmethod
-    def from_blocks(cls, os_blocks: list[Element] | None) -> Firmware:
-        return read_os(os_blocks)[2]
-
-
-def read_os(os_blocks: list[Element] | None) -> tuple[str | None, str | None, Firmware]:
-    """``string(./os/type/@arch)``, ``@machine`` and the Firmware, in one pass.
-
-    Each value comes from the first element that has it, across repeated ``<os>``
-    blocks, as libvirt's XPath lookups read them (./os/loader[1], ./os/@firmware ...).
-    """
-    if not os_blocks:
-        return None, None, NO_FIRMWARE
-    arch = machine = loader = autoselect = None
-    kernel = False
-    for block in os_blocks:
-        if autoselect is None:
-            autoselect = block.get("firmware")
-        for c in block:
-            t = c.tag
-            if t == "type":
-                if arch is None:
-                    arch = c.get("arch")
-                if machine is None:
-                    machine = c.get("machine")
-            elif t == "loader":
-                if loader is None:
-                    loader = c
-            elif t == "kernel":
-                kernel = True
-    if loader is None and autoselect is None and not kernel:
-        firmware = NO_FIRMWARE
-    else:
-        firmware = Firmware(
-            autoselect=autoselect.strip() if autoselect is not None else None,
-            loader_path=text(loader),
-            loader_type=attr(loader, "type"),
-            loader_readonly=switch(attr(loader, "readonly")),
-            direct_kernel=kernel,
-        )
-    return (arch.strip() if arch is not None else None,
-            machine.strip() if machine is not None else None, firmware)
-
 
 NO_FIRMWARE = Firmware(autoselect=None, loader_path=None, loader_type=None,
                        loader_readonly=None, direct_kernel=False)
+
+
+class Os(NamedTuple):
+    """What ``<os>`` says: ``<type arch= machine=>`` and the firmware."""
+
+    arch: str | None
+    machine: str | None
+    firmware: Firmware
+
+    @classmethod
+    def from_xml(cls, os_blocks: list[Element] | None) -> Os:
+        """``string(./os/type/@arch)``, ``@machine`` and the Firmware, in one pass.
+
+        Each value comes from the first element that has it, across repeated ``<os>``
+        blocks, as libvirt's XPath lookups read them (./os/loader[1], ./os/@firmware ...).
+        """
+        if not os_blocks:
+            return NO_OS
+        arch = machine = loader = autoselect = None
+        kernel = False
+        for block in os_blocks:
+            if autoselect is None:
+                autoselect = block.get("firmware")
+            for c in block:
+                t = c.tag
+                if t == "type":
+                    if arch is None:
+                        arch = c.get("arch")
+                    if machine is None:
+                        machine = c.get("machine")
+                elif t == "loader":
+                    if loader is None:
+                        loader = c
+                elif t == "kernel":
+                    kernel = True
+        if loader is None and autoselect is None and not kernel:
+            firmware = NO_FIRMWARE
+        else:
+            firmware = Firmware(
+                autoselect=autoselect.strip() if autoselect is not None else None,
+                loader_path=text(loader),
+                loader_type=attr(loader, "type"),
+                loader_readonly=switch(attr(loader, "readonly")),
+                direct_kernel=kernel,
+            )
+        return cls(arch.strip() if arch is not None else None,
+                   machine.strip() if machine is not None else None, firmware)
+
+
+NO_OS = Os(None, None, NO_FIRMWARE)

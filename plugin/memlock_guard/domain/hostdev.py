@@ -35,7 +35,7 @@ class Hostdev(NamedTuple):
             driver=attr(one(kids, "driver"), "name"),
             source=_source_label(el, first_in(kids.get("source"), "address")),
             alias=attr(one(kids, "alias"), "name"),
-            rom=Rom.from_element(one(kids, "rom")),
+            rom=Rom.from_xml(one(kids, "rom")),
             has_guest_address="address" in kids,
         )
 

@@ -37,7 +37,7 @@ class Interface(NamedTuple):
             mac=attr(mac, "address"),
             alias=attr(alias, "name"),
             address_type=attr(address, "type"),
-            rom=Rom.from_element(rom),
+            rom=Rom.from_xml(rom),
         )
 
 

@@ -33,11 +33,7 @@ class Memtune(NamedTuple):
     swap_hard_limit: int | None = None
 
     @classmethod
-    def from_domain(cls, root: Element) -> Memtune:
-        return cls.from_blocks(group(root).get("memtune"))
-
-    @classmethod
-    def from_blocks(cls, blocks: list[Element] | None) -> Memtune:
+    def from_xml(cls, blocks: list[Element] | None) -> Memtune:
         # ./memtune/hard_limit[1]: the first in any <memtune> block, as libvirt reads it.
         if not blocks:
             return NO_MEMTUNE
@@ -55,11 +51,7 @@ class MemoryBacking(NamedTuple):
     source_type: str | None = None  # anonymous | file | memfd
 
     @classmethod
-    def from_domain(cls, root: Element) -> MemoryBacking:
-        return cls.from_blocks(group(root).get("memoryBacking"))
-
-    @classmethod
-    def from_blocks(cls, blocks: list[Element] | None) -> MemoryBacking:
+    def from_xml(cls, blocks: list[Element] | None) -> MemoryBacking:
         # boolean(./memoryBacking/locked): in any <memoryBacking> block.
         if not blocks:
             return NO_MEMORY_BACKING

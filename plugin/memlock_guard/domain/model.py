@@ -7,14 +7,15 @@ from typing import NamedTuple
 from lxml import etree
 
 from ..support import xmlsafe
+from ..support.defaults import POLICY_NS
 from ..support.errors import InputError
 from .controller import Controller, pci_number
 from .disk import Disk
-from .firmware import Firmware, Machine, read_os
+from .firmware import Firmware, Machine, Os
 from .hostdev import Hostdev
 from .interface import Interface
 from .memory import MemoryBacking, MemoryDevice, Memtune, total_memory
-from .video import Video, videos_from_xml
+from .video import Video, post_parse_videos
 from .xmlmap import (
     Element,
     Kids,
@@ -27,8 +28,6 @@ from .xmlmap import (
     scaled,
     text,
 )
-
-POLICY_NS = "urn:memlock-guard:policy:1"
 
 # Work and output grow with the devices (a QXL card alone is five ledger items), so a
 # hostile XML within the parser's element budget could still cost seconds and hundreds
@@ -56,7 +55,7 @@ class Domain(NamedTuple):
     disks: tuple[Disk, ...]
     videos: tuple[Video, ...]
     firmware: Firmware
-    controllers: tuple[Controller, ...]  # read for ppc64 only: see domain_from_element
+    controllers: tuple[Controller, ...]  # read for ppc64 only: see from_xml
     graphics: tuple[str, ...]  # <graphics type=...>
     has_tpm: bool
     launch_security: str | None  # sev | sev-snp | s390-pv | tdx ...
@@ -80,85 +79,102 @@ class Domain(NamedTuple):
     def is_ppc64(self) -> bool:
         return self.arch in ("ppc64", "ppc64le")
 
+    def has_viommu(self, libvirt_version: tuple[int, int, int] | None = None) -> bool:
+        """Whether the guest gets an emulated IOMMU: an ``<iommu>``, or the one libvirt
+        >= 10.10 adds by itself to an x86 q35 domain with more than 255 vCPUs
+        (qemuDomainDefAddDefaultDevices). None: the newest libvirt's rules."""
+        if self.iommu is not None:
+            return True
+        return ((libvirt_version is None or libvirt_version >= (10, 10, 0)) and self.is_x86
+                and self.machine.family == "q35" and self.vcpus > 255)
+
+    @property
+    def named_files(self) -> tuple[str, ...]:
+        """Absolute paths the domain names whose sizes the ledger uses (the firmware
+        loader, every ``<rom file>``), once each, in document order."""
+        paths = [self.firmware.loader_path]
+        paths += [i.rom.file for i in self.interfaces] + [h.rom.file for h in self.hostdevs]
+        return tuple(dict.fromkeys(p for p in paths if p and p.startswith("/")))
+
     def metadata_element(self, local_name: str) -> bytes | None:
         for key, value in self.metadata:
             if key == local_name:
                 return value
         return None
 
+    @classmethod
+    def from_xml(cls, root: Element) -> Domain:
+        """Map a parsed ``<domain>``; every lookup follows libvirt's XPath (see xmlmap)."""
+        if not isinstance(root.tag, str) or root.tag != "domain":
+            tag = root.tag if isinstance(root.tag, str) else "?"
+            raise InputError(f"root element is <{_clip(tag)}>, not <domain>")
+        top = group(root)  # every child of <domain> by name, in document order
+        os_blocks = top.get("os")
+        arch_attr, machine, firmware = Os.from_xml(os_blocks)
+        arch = arch_attr or "x86_64"
+        ppc64 = arch.startswith("ppc64")
+        # One pass over every <devices> block: ./devices/TAG for each tag we map, in
+        # document order across blocks. The parser drops comments and processing
+        # instructions, so every child is an element and len() counts ./devices/*.
+        blocks = top.get("devices") or ()
+        n_devices = sum(map(len, blocks))
+        if n_devices > MAX_DEVICES:
+            raise InputError(f"domain lists {n_devices} devices, more than the {MAX_DEVICES} "
+                             "memlock-guard accepts")
+        devices: Kids = {}
+        mapped = _MAPPED if ppc64 else _MAPPED_NOT_PPC64
+        for block in blocks:  # tags matched in C: no Python object for the rest
+            group_into(devices, block.iterchildren(*mapped))
+
+        def dev(tag: str) -> list[Element]:
+            return devices.get(tag, _NONE)
+
+        memory_devices = tuple(MemoryDevice.from_xml(e) for e in dev("memory"))
+        vcpus = count(one(top, "vcpu"), "", what="<vcpu>")
+        if vcpus == 0:
+            raise InputError("<vcpu> is zero")  # libvirt refuses it too
+        graphics = tuple(e.get("type") or "?" for e in dev("graphics"))
+        iommu = dev("iommu")
+        hostdevs = tuple(Hostdev.from_xml(e) for e in dev("hostdev"))
+        interfaces = tuple(Interface.from_xml(e) for e in dev("interface"))
+        disks = tuple(Disk.from_xml(e) for e in dev("disk"))
+        vfio, nvme, vdpa = _pinning_devices(hostdevs, interfaces, disks)
+        return cls(
+            name=text(one(top, "name")) or "(unnamed)",
+            uuid=text(one(top, "uuid")),
+            type=attr(root, "type") or "kvm",
+            arch=arch,
+            machine=Machine(machine),
+            memory=total_memory(root, memory_devices, top),
+            max_memory=scaled(one(top, "maxMemory"), what="<maxMemory>"),
+            vcpus=vcpus or 1,
+            iothreads=count(one(top, "iothreads"), "", what="<iothreads>") or 0,
+            memory_devices=memory_devices,
+            memtune=Memtune.from_xml(top.get("memtune")),
+            memory_backing=MemoryBacking.from_xml(top.get("memoryBacking")),
+            iommu=(iommu[0].get("model") or "intel") if iommu else None,
+            hostdevs=hostdevs,
+            interfaces=interfaces,
+            disks=disks,
+            videos=post_parse_videos(dev("video"), arch=arch, machine=machine,
+                                   graphics=bool(graphics)),
+            firmware=firmware,
+            controllers=tuple(Controller.from_xml(e) for e in dev("controller")),
+            graphics=graphics,
+            has_tpm=bool(dev("tpm")),
+            launch_security=attr(one(top, "launchSecurity"), "type"),
+            metadata=_our_metadata(one(top, "metadata")),
+            # Only libvirt's pSeries formula needs them (every bus there is a PHB).
+            pci_buses=_pci_buses(root) if ppc64 else (),
+            vfio_devices=vfio,
+            nvme_disks=nvme,
+            vdpa_devices=vdpa,
+        )
+
 
 def parse_domain(data: bytes) -> Domain:
     """Parse untrusted domain XML bytes into a Domain; InputError on anything wrong."""
-    return domain_from_element(xmlsafe.parse(data, what="domain XML"))
-
-
-def domain_from_element(root: Element) -> Domain:
-    """Map a parsed ``<domain>``; every lookup follows libvirt's XPath (see xmlmap)."""
-    if not isinstance(root.tag, str) or root.tag != "domain":
-        tag = root.tag if isinstance(root.tag, str) else "?"
-        raise InputError(f"root element is <{_clip(tag)}>, not <domain>")
-    top = group(root)  # every child of <domain> by name, in document order
-    os_blocks = top.get("os")
-    arch_attr, machine, firmware = read_os(os_blocks)
-    arch = arch_attr or "x86_64"
-    ppc64 = arch.startswith("ppc64")
-    # One pass over every <devices> block: ./devices/TAG for each tag we map, in
-    # document order across blocks. The parser drops comments and processing
-    # instructions, so every child is an element and len() counts ./devices/*.
-    blocks = top.get("devices") or ()
-    n_devices = sum(map(len, blocks))
-    if n_devices > MAX_DEVICES:
-        raise InputError(f"domain lists {n_devices} devices, more than the {MAX_DEVICES} "
-                         "memlock-guard accepts")
-    devices: Kids = {}
-    mapped = _MAPPED if ppc64 else _MAPPED_NOT_PPC64
-    for block in blocks:  # tags matched in C: no Python object for the rest
-        group_into(devices, block.iterchildren(*mapped))
-
-    def dev(tag: str) -> list[Element]:
-        return devices.get(tag, _NONE)
-
-    memory_devices = tuple(MemoryDevice.from_xml(e) for e in dev("memory"))
-    vcpus = count(one(top, "vcpu"), "", what="<vcpu>")
-    if vcpus == 0:
-        raise InputError("<vcpu> is zero")  # libvirt refuses it too
-    graphics = tuple(e.get("type") or "?" for e in dev("graphics"))
-    iommu = dev("iommu")
-    hostdevs = tuple(Hostdev.from_xml(e) for e in dev("hostdev"))
-    interfaces = tuple(Interface.from_xml(e) for e in dev("interface"))
-    disks = tuple(Disk.from_xml(e) for e in dev("disk"))
-    vfio, nvme, vdpa = _pinning_devices(hostdevs, interfaces, disks)
-    return Domain(
-        name=text(one(top, "name")) or "(unnamed)",
-        uuid=text(one(top, "uuid")),
-        type=attr(root, "type") or "kvm",
-        arch=arch,
-        machine=Machine(machine),
-        memory=total_memory(root, memory_devices, top),
-        max_memory=scaled(one(top, "maxMemory"), what="<maxMemory>"),
-        vcpus=vcpus or 1,
-        iothreads=count(one(top, "iothreads"), "", what="<iothreads>") or 0,
-        memory_devices=memory_devices,
-        memtune=Memtune.from_blocks(top.get("memtune")),
-        memory_backing=MemoryBacking.from_blocks(top.get("memoryBacking")),
-        iommu=(iommu[0].get("model") or "intel") if iommu else None,
-        hostdevs=hostdevs,
-        interfaces=interfaces,
-        disks=disks,
-        videos=videos_from_xml(dev("video"), arch=arch, machine=machine,
-                               graphics=bool(graphics)),
-        firmware=firmware,
-        controllers=tuple(Controller.from_xml(e) for e in dev("controller")),
-        graphics=graphics,
-        has_tpm=bool(dev("tpm")),
-        launch_security=attr(one(top, "launchSecurity"), "type"),
-        metadata=_our_metadata(one(top, "metadata")),
-        # Only libvirt's pSeries formula needs them (every bus there is a PHB).
-        pci_buses=_pci_buses(root) if ppc64 else (),
-        vfio_devices=vfio,
-        nvme_disks=nvme,
-        vdpa_devices=vdpa,
-    )
+    return Domain.from_xml(xmlsafe.parse(data, what="domain XML"))
 
 
 def _pinning_devices(hostdevs: tuple[Hostdev, ...], interfaces: tuple[Interface, ...],
@@ -186,11 +202,6 @@ def _pci_buses(root: Element) -> tuple[int, ...]:
     buses = {pci_number(a.get("bus")) for a in every(root, "devices/*/address")
              if a.get("type") == "pci"}
     return tuple(sorted(b for b in buses if b is not None))
-
-
-def _devices(root: Element, tag: str) -> list[Element]:
-    """Every ``<devices><tag>``, in every ``<devices>`` block, as libvirt gathers them."""
-    return every(root, f"devices/{tag}")
 
 
 def _clip(text: str, limit: int = 40) -> str:

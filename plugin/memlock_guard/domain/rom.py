@@ -18,7 +18,7 @@ class Rom(NamedTuple):
         return self.enabled is False or self.bar is False
 
     @classmethod
-    def from_element(cls, el: Element | None) -> Rom:
+    def from_xml(cls, el: Element | None) -> Rom:
         """The ``<rom>`` element itself (None: the device has none)."""
         if el is None:
             return NO_ROM

@@ -58,7 +58,7 @@ class Video(NamedTuple):
 _READ = ("model", "alias", "address")
 
 
-def videos_from_xml(els: list[Element], *, arch: str = "x86_64", machine: str | None = None,
+def post_parse_videos(els: list[Element], *, arch: str = "x86_64", machine: str | None = None,
                     graphics: bool = False) -> tuple[Video, ...]:
     """The ``<video>`` elements of every ``<devices>`` block, in document order.
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..baselines.libvirt import has_viommu
 from ..domain import Domain
 from ..host.facts import HostFacts
 from ..plugins.spec import hookimpl
@@ -21,7 +20,7 @@ def memlock_guard_container_reasons(domain: Domain, host: HostFacts) -> Iterable
     vfio = domain.vfio_devices
     out: list[str] = []
     if vfio:
-        if has_viommu(domain, host.libvirt_version):
+        if domain.has_viommu(host.libvirt_version):
             out += [f"VFIO {d}: own container (vIOMMU)" for d in vfio]
         else:
             out.append(f"VFIO: one container shared by {len(vfio)} device(s)")

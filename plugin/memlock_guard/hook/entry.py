@@ -26,36 +26,33 @@ from __future__ import annotations
 import os
 import sys
 
+from ..support.defaults import AUDIT_LOG, FACTS_CACHE, MAX_XML_BYTES, POLICY_PATH
+from .outcome import (
+    EXIT_OK,
+    EXIT_REFUSE,
+    DeadlineExceeded,
+    HookAnswer,
+    Progress,
+    describe,
+    failed,
+    one_paragraph,
+)
+
 TYPE_CHECKING = False  # typing itself costs a few ms on the path this module exists for
 if TYPE_CHECKING:
     from typing import IO, Any
 
 ACTING = frozenset({("prepare", "begin"), ("migrate", "begin"), ("restore", "begin")})
-STATE_DIR = "/var/lib/memlock-guard"
-FACTS_CACHE = f"{STATE_DIR}/host-facts.json"
-DECISION_CACHE = f"{STATE_DIR}/decisions"
-DEFAULT_AUDIT_LOG = "/var/log/memlock-guard/audit.jsonl"  # policy.DEFAULT_AUDIT_LOG
 # libvirt has no timeout for hooks and holds the domain while one runs; a real decision
 # takes well under a second, so this only ever fires on a stuck step.
 DEADLINE_SECONDS = 5.0
 # The watchdog thread's extra wait, for a step stuck where the alarm signal cannot
 # interrupt it (C code): then it writes the on-error outcome and exits the process.
 WATCHDOG_GRACE = 1.0
-MAX_XML_BYTES = 16 * 1024 * 1024  # xmlsafe.MAX_XML_BYTES
-
-EXIT_OK = 0
-EXIT_REFUSE = 1
 
 
 def acts_on(op: str, subop: str) -> bool:
     return (op, subop) in ACTING
-
-
-class DeadlineExceeded(BaseException):
-    """Raised by SIGALRM in whatever step is running. A BaseException, like
-    KeyboardInterrupt, so that no ``except Exception`` on the way (the engine's guard
-    around third-party plugins, a plugin's own retry loop) can swallow it and keep
-    the step going until the watchdog has to kill the process."""
 
 
 def run(argv: list[str], *, stdin: IO[bytes] | None = None, stdout: IO[str] | None = None,
@@ -74,9 +71,9 @@ def run(argv: list[str], *, stdin: IO[bytes] | None = None, stdout: IO[str] | No
     stderr = stderr if stderr is not None else sys.stderr
     import _thread
 
-    progress = Progress(argv[0], argv[1], DEFAULT_AUDIT_LOG, _thread.allocate_lock())
+    progress = Progress(argv[0], argv[1], AUDIT_LOG, _thread.allocate_lock())
     guard = _Deadline(deadline, progress, use_syslog)
-    outcome: Any = None
+    outcome: HookAnswer | None = None
     try:
         guard.arm()
         try:
@@ -96,39 +93,20 @@ def run(argv: list[str], *, stdin: IO[bytes] | None = None, stdout: IO[str] | No
 
 def main() -> int:
     """``python -m memlock_guard.hook.entry NAME OP SUBOP EXTRA`` (hooks/qemu is the usual path)."""
-    return run(sys.argv[1:], policy_path=os.environ.get("MEMLOCK_GUARD_POLICY"))
+    from ..support.defaults import POLICY_ENV_VAR
 
-
-class Progress:
-    """What is known so far, so a failure (or the watchdog) can answer as the policy asks.
-
-    Mutable and shared with the watchdog thread; ``lock`` guards ``finished``.
-    """
-
-    __slots__ = ("audit_log", "domain", "finished", "lock", "on_error", "op",
-                 "policy_origin", "uuid")
-
-    def __init__(self, domain: str, op: str, audit_log: str | None, lock: Any) -> None:
-        self.domain = domain
-        self.op = op
-        self.uuid: str | None = None
-        self.on_error = "allow"
-        self.audit_log = audit_log
-        self.policy_origin: str | None = None
-        self.finished = False
-        self.lock = lock
+    return run(sys.argv[1:], policy_path=os.environ.get(POLICY_ENV_VAR))
 
 
 def _answer(op: str, stdin: IO[bytes], progress: Progress, policy_path: str | None,
-            facts_path: str | None, cache_dir: str | None) -> Any:
+            facts_path: str | None, cache_dir: str | None) -> HookAnswer:
     _provisional_policy(progress, policy_path)
     data = _read_stdin(stdin, MAX_XML_BYTES)
     digest = None
     if cache_dir and len(data) <= MAX_XML_BYTES:
         from . import cache as decision_cache
 
-        policy_file = policy_path or "/etc/memlock-guard/policy.xml"  # policy.DEFAULT_PATH
-        digest = decision_cache.key(op, data, policy_file, facts_path)
+        digest = decision_cache.key(op, data, policy_path or POLICY_PATH, facts_path)
         if digest is not None:
             hit = decision_cache.lookup(cache_dir, digest)
             if hit is not None:
@@ -154,32 +132,31 @@ def _provisional_policy(progress: Progress, policy_path: str | None) -> None:
 
     The policy proper is loaded (with lxml) only after stdin, for the decision cache's
     sake; until then a stuck stdin, or an XML too large to read, would be answered with
-    the built-in on-error and audit log instead of the operator's. Same textual rule as
-    policy.salvage(): a single unambiguous value, else nothing; decide() then overrides.
+    the built-in on-error and audit log instead of the operator's. decide() then
+    overrides both with the parsed policy.
     """
-    import re
     import stat
 
-    path = policy_path or "/etc/memlock-guard/policy.xml"  # policy.DEFAULT_PATH
+    from ..policy.salvage import salvage
+    from ..support.defaults import MAX_POLICY_BYTES
+
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(policy_path or POLICY_PATH, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return
-        data = os.read(fd, 256 * 1024)  # policy.MAX_POLICY_BYTES
+        data = os.read(fd, MAX_POLICY_BYTES)
     except OSError:
         return
     finally:
         os.close(fd)
-    prefix = rb"<(?:[A-Za-z_][\w.-]*:)?"
-    for pattern, attr in ((prefix + rb"on-error\s*>\s*(allow|refuse)\s*<", "on_error"),
-                          (prefix + rb"audit-log\s*>\s*(/[^<>\x00-\x1f]{0,4000}?)\s*<",
-                           "audit_log")):
-        found = set(re.findall(pattern, data))
-        if len(found) == 1:
-            setattr(progress, attr, found.pop().decode("ascii", "replace"))
+    on_error, audit_log = salvage(data)
+    if on_error is not None:
+        progress.on_error = on_error
+    if audit_log is not None:
+        progress.audit_log = audit_log
 
 
 def _read_stdin(stdin: IO[bytes], limit: int) -> bytes:
@@ -197,69 +174,18 @@ def _read_stdin(stdin: IO[bytes], limit: int) -> bytes:
     return b"".join(chunks)
 
 
-class Answer:
-    """What the hook tells libvirt and the audit log. Light on purpose (no dataclasses,
-    which import inspect): the cached and the failure paths must not pay for the engine;
-    hook_decision.Outcome is the same shape."""
-
-    __slots__ = ("exit_code", "record", "stderr", "stdout")
-
-    def __init__(self, exit_code: int, record: dict[str, Any], stdout: str,
-                 stderr: str) -> None:
-        self.exit_code = exit_code
-        self.record = record
-        self.stdout = stdout
-        self.stderr = stderr
-
-
-def _replay(entry: dict[str, Any], progress: Progress) -> Answer:
+def _replay(entry: dict[str, Any], progress: Progress) -> HookAnswer:
     from ..support import audit
 
     record = dict(entry["record"])
     record.update(time=audit.now(), pid=os.getpid(), cached=True)
     progress.audit_log = entry.get("audit_log") or None
     progress.on_error = str(entry.get("on_error", progress.on_error))
-    return Answer(int(entry["exit_code"]), record, str(entry["stdout"]), str(entry["stderr"]))
+    return HookAnswer(int(entry["exit_code"]), record, str(entry["stdout"]),
+                      str(entry["stderr"]))
 
 
-def failed(progress: Progress, why: str, *, report: Any = None) -> Answer:
-    """The on-error outcome: allow (loudly) or refuse, as the policy says.
-
-    Needs nothing but the audit module, so it works when the failure is that lxml, the
-    engine or a plugin could not even be imported.
-    """
-    from ..support import audit
-
-    refuse = progress.on_error == "refuse"
-    action = "refuse" if refuse else ("allow" if progress.op == "prepare" else "keep")
-    kw: dict[str, Any] = {"action": action, "policy": progress.policy_origin, "error": why}
-    if report is not None:
-        record = audit.from_report(progress.op, report, **kw)
-        record["verdict"] = "error"
-    else:
-        record = audit.entry(op=progress.op, domain=progress.domain, uuid=progress.uuid,
-                             verdict="error", **kw)
-    if refuse:
-        msg = (f"memlock-guard could not check domain {progress.domain!r} ({why}); "
-               f"the policy's on-error is refuse, so it is refused. Fix the problem, or set "
-               f"<on-error>allow</on-error> in the policy to let starts through meanwhile.")
-        return Answer(EXIT_REFUSE, record, "", msg)
-    msg = (f"memlock-guard could not check domain {progress.domain!r} ({why}); "
-           f"letting it through unchecked because the policy's on-error is allow.")
-    return Answer(EXIT_OK, record, "", msg)
-
-
-def describe(e: BaseException, deadline: float) -> str:
-    from ..support.errors import MemlockGuardError
-
-    if isinstance(e, DeadlineExceeded):
-        return f"no decision within the hook's {deadline:g} s deadline"
-    if isinstance(e, MemlockGuardError):
-        return str(e)
-    return f"internal error: {type(e).__name__}: {str(e)[:300]}"
-
-
-def _emit(outcome: Any, progress: Progress, stdout: IO[str], stderr: IO[str],
+def _emit(outcome: HookAnswer, progress: Progress, stdout: IO[str], stderr: IO[str],
           use_syslog: bool) -> int:
     from ..support import audit
 
@@ -274,12 +200,6 @@ def _emit(outcome: Any, progress: Progress, stdout: IO[str], stderr: IO[str],
     except (OSError, ValueError):
         pass  # libvirt went away; the exit status is all that is left to give
     return int(outcome.exit_code)
-
-
-def one_paragraph(text: str) -> str:
-    """One line for virsh's error message. Names and addresses come from the domain XML,
-    so control characters (terminal escapes) are replaced, not passed to the terminal."""
-    return "".join(c if c.isprintable() else "?" for c in " ".join(text.split()))
 
 
 class _Deadline:

@@ -36,22 +36,16 @@ from lxml import etree
 from .. import __version__
 from ..accounting.ledger import Ledger
 from ..accounting.report import Report
-from ..accounting.verdict import Outcome
+from ..accounting.verdict import Fit
 from ..baselines.libvirt import LIBVIRT_UNLIMITED
+from ..domain.edit import metadata_child, raise_hard_limit, set_metadata
+from ..domain.serialize import serialize
 from ..support import xmlsafe
+from ..support.defaults import APPLIED_NS, APPLIED_PREFIX
 from ..support.errors import InputError
 from ..support.units import KiB, human, parse_scaled
 
-APPLIED_NS = "urn:memlock-guard:applied:1"
-APPLIED_PREFIX = "mga"
 APPLIED_TAG = f"{{{APPLIED_NS}}}applied"
-
-# libvirt's element order at the top of <domain> (virDomainDefFormatInternal): a new
-# <metadata> goes after the first group, a new <memtune> after the second, which is
-# where libvirt itself will print them.
-_BEFORE_METADATA = ("name", "uuid", "genid", "title", "description")
-_BEFORE_MEMTUNE = (*_BEFORE_METADATA, "metadata", "maxMemory", "memory", "currentMemory",
-                   "blkiotune")
 
 
 class Action(StrEnum):
@@ -84,7 +78,7 @@ class Plan:
 
 
 @dataclass(frozen=True, slots=True)
-class Result:
+class Edit:
     plan: Plan
     old_xml: str  # the input, as written back by us (libvirt's style)
     new_xml: str  # equal to old_xml when the plan is KEEP
@@ -147,13 +141,7 @@ def provenance_of(xml_text: str) -> Provenance | None:
 
 
 def _applied_element(root: etree._Element) -> etree._Element | None:
-    md = root.find("metadata")
-    if md is None:
-        return None
-    for child in md:
-        if isinstance(child.tag, str) and child.tag.startswith("{" + APPLIED_NS + "}"):
-            return child
-    return None
+    return metadata_child(root, APPLIED_NS)
 
 
 # -- the decision ----------------------------------------------------------------------
@@ -172,9 +160,9 @@ def plan(report: Report, provenance: Provenance | None) -> Plan:
     def raise_to(target: int, reason: str) -> Plan:
         return Plan(Action.RAISE, reason, current, max(target, current or 0), digest, ours)
 
-    if v.outcome is Outcome.UNLIMITED:
+    if v.fit is Fit.UNLIMITED:
         return keep(f"unlimited: {v.limit.explanation}")
-    if v.outcome is Outcome.SHORT:
+    if v.fit is Fit.SHORT:
         assert v.headroom is not None
         return raise_to(v.recommended_hard_limit,
                         f"short by {human(-v.headroom)}: needs {human(v.required)} "
@@ -199,7 +187,7 @@ def plan(report: Report, provenance: Provenance | None) -> Plan:
 
 # -- the edit --------------------------------------------------------------------------
 
-def apply_to_xml(xml_text: str, report: Report, *, name: str | None = None) -> Result:
+def apply_to_xml(xml_text: str, report: Report, *, name: str | None = None) -> Edit:
     """The persistent XML with hard_limit raised and provenance recorded, if needed.
 
     ``report`` must be the judgement of this very text. Idempotent: feeding the output
@@ -209,7 +197,7 @@ def apply_to_xml(xml_text: str, report: Report, *, name: str | None = None) -> R
     old = serialize(root)
     p = plan(report, read_provenance(root))
     if p.action is Action.KEEP:
-        return Result(p, old, old, "")
+        return Edit(p, old, old, "")
     assert p.new_hard_limit is not None
     if p.new_hard_limit // KiB >= LIBVIRT_UNLIMITED:
         # libvirt reads this value as "unlimited" and anything above as an overflow; no
@@ -217,12 +205,12 @@ def apply_to_xml(xml_text: str, report: Report, *, name: str | None = None) -> R
         raise InputError(f"{report.domain.name} would need a hard_limit of "
                          f"{human(p.new_hard_limit)}, beyond the largest libvirt accepts "
                          f"({human((LIBVIRT_UNLIMITED - 1) * KiB)}); not changed")
-    _set_hard_limit(root, p.new_hard_limit, p.current_hard_limit)
-    _set_provenance(root, Provenance(value_kib=p.new_hard_limit // KiB,
-                                     mode=report.verdict.mode.value, version=__version__,
-                                     ledger_digest=p.ledger_digest))
+    raise_hard_limit(root, p.new_hard_limit)
+    set_metadata(root, _provenance_element(Provenance(
+        value_kib=p.new_hard_limit // KiB, mode=report.verdict.mode.value,
+        version=__version__, ledger_digest=p.ledger_digest)))
     new = serialize(root)
-    return Result(p, old, new, unified_diff(old, new, name or report.domain.name))
+    return Edit(p, old, new, unified_diff(old, new, name or report.domain.name))
 
 
 def unified_diff(old: str, new: str, name: str) -> str:
@@ -238,161 +226,11 @@ def _parse(xml_text: str) -> etree._Element:
     return root
 
 
-def _set_hard_limit(root: etree._Element, new: int, current: int | None) -> None:
-    memtune = root.find("memtune")
-    if memtune is None:
-        memtune = etree.Element("memtune")
-        _insert(root, _index_after(root, _BEFORE_MEMTUNE), memtune)
-    hard = memtune.find("hard_limit")
-    if hard is None:
-        hard = etree.Element("hard_limit")
-        _insert(memtune, 0, hard)  # libvirt prints hard, soft, swap_hard, min_guarantee
-    hard.set("unit", "KiB")
-    hard.text = str(new // KiB)
-    # libvirt refuses hard_limit > swap_hard_limit at define. Raise swap_hard_limit with
-    # it, keeping the swap allowance (swap_hard - hard) the operator had given.
-    swap = memtune.find("swap_hard_limit")
-    if swap is not None:
-        swap_bytes = parse_scaled(swap.text, swap.get("unit"), what="<swap_hard_limit>")
-        if swap_bytes < new:
-            allowance = swap_bytes - current if current and swap_bytes >= current else 0
-            swap.set("unit", "KiB")
-            swap.text = str((new + allowance) // KiB)
-
-
-def _set_provenance(root: etree._Element, prov: Provenance) -> None:
-    md = root.find("metadata")
-    if md is None:
-        md = etree.Element("metadata")
-        _insert(root, _index_after(root, _BEFORE_METADATA), md)
+def _provenance_element(prov: Provenance) -> etree._Element:
     el = etree.Element(APPLIED_TAG, nsmap={APPLIED_PREFIX: APPLIED_NS})
     el.set("value", str(prov.value_kib))
     el.set("unit", "KiB")
     el.set("mode", prov.mode)
     el.set("version", prov.version)
     el.set("ledger-digest", prov.ledger_digest)
-    old = _applied_element(root)
-    if old is not None:
-        el.tail = old.tail
-        md.replace(old, el)
-    else:
-        _insert(md, len(md), el)
-
-
-def _index_after(parent: etree._Element, names: tuple[str, ...]) -> int:
-    """Position just after the last child named in ``names`` (0 when none is there)."""
-    index = 0
-    for i, child in enumerate(parent):
-        if isinstance(child.tag, str) and child.tag in names:
-            index = i + 1
-    return index
-
-
-def _depth(el: etree._Element) -> int:
-    return sum(1 for _ in el.iterancestors())
-
-
-def _insert(parent: etree._Element, index: int, child: etree._Element) -> None:
-    """Insert ``child`` keeping libvirt's layout: one element per line, 2-space indents.
-
-    Only the whitespace next to the new element changes; a document that is not
-    indented (root without leading whitespace) stays unindented.
-    """
-    root = parent.getroottree().getroot()
-    pretty = bool(root.text) and not (root.text or "").strip()
-    inner = "\n" + "  " * (_depth(parent) + 1) if pretty else None
-    outer = "\n" + "  " * _depth(parent) if pretty else None
-    if len(parent) == 0:
-        parent.text = inner
-        child.tail = outer
-        parent.append(child)
-    elif index == 0:
-        child.tail = parent.text if pretty else None
-        parent.text = inner
-        parent.insert(0, child)
-    else:
-        prev = parent[index - 1]
-        child.tail = prev.tail
-        prev.tail = inner
-        parent.insert(index, child)
-
-
-# -- writing back, in libvirt's style ---------------------------------------------------
-
-def serialize(root: etree._Element) -> str:
-    """The tree as libvirt would print it, so unchanged lines stay byte-identical.
-
-    libvirt (virXMLFormat*) quotes attributes with ' and escapes < > & ' " in text and
-    attributes; the contents of <metadata> it prints with libxml2 (double quotes), as
-    lxml does. The result is checked to mean exactly the tree (C14N); were it not,
-    plain lxml output is returned, which libvirt reads the same.
-    """
-    out: list[str] = []
-    _write(root, out, {})
-    text = "".join(out) + "\n"
-    try:
-        same = (etree.tostring(etree.fromstring(text.encode()), method="c14n")
-                == etree.tostring(root, method="c14n"))
-    except etree.XMLSyntaxError:
-        same = False
-    return text if same else etree.tostring(root, encoding="unicode") + "\n"
-
-
-def _foreign(el: etree._Element, inherited: dict[str | None, str]) -> str:
-    """A <metadata> child as libvirt prints it: libxml2's serialisation, declaring the
-    namespaces it declares itself and those it uses, not every one of the root's."""
-    own = [p for p, uri in el.nsmap.items() if inherited.get(p) != uri and p is not None]
-    copy = etree.fromstring(etree.tostring(el, with_tail=False))
-    etree.cleanup_namespaces(copy, keep_ns_prefixes=own)
-    return etree.tostring(copy, encoding="unicode", with_tail=False)
-
-
-_ESCAPES = str.maketrans({"<": "&lt;", ">": "&gt;", "&": "&amp;", "'": "&apos;",
-                          '"': "&quot;"})
-
-
-def _esc(s: str) -> str:
-    return s.translate(_ESCAPES)
-
-
-def _qname(el: etree._Element, tag: str) -> str:
-    if not tag.startswith("{"):
-        return tag
-    uri, local = tag[1:].split("}", 1)
-    if uri == "http://www.w3.org/XML/1998/namespace":
-        return f"xml:{local}"
-    for prefix, value in el.nsmap.items():
-        if value == uri:
-            return f"{prefix}:{local}" if prefix else local
-    return local
-
-
-def _write(el: etree._Element, out: list[str], inherited: dict[str | None, str]) -> None:
-    if not isinstance(el.tag, str):  # a comment or PI (xmlsafe drops them; be safe)
-        out.append(etree.tostring(el, encoding="unicode", with_tail=False))
-        return
-    name = _qname(el, el.tag)
-    parts = [f"<{name}"]
-    for key, value in el.attrib.items():
-        parts.append(f" {_qname(el, str(key))}='{_esc(str(value))}'")
-    nsmap = dict(el.nsmap)
-    for prefix, uri in nsmap.items():
-        if inherited.get(prefix) != uri:
-            parts.append(f" xmlns:{prefix}='{_esc(uri)}'" if prefix
-                         else f" xmlns='{_esc(uri)}'")
-    if len(el) == 0 and el.text is None:
-        out.append("".join(parts) + "/>")
-        return
-    out.append("".join(parts) + ">")
-    if el.text is not None:
-        out.append(_esc(el.text))
-    # Only the domain's own <metadata> (a child of the root) holds foreign XML.
-    metadata = el.tag == "metadata" and _depth(el) == 1
-    for child in el:
-        if metadata and isinstance(child.tag, str):
-            out.append(_foreign(child, nsmap))
-        else:
-            _write(child, out, nsmap)
-        if child.tail is not None:
-            out.append(_esc(child.tail))
-    out.append(f"</{name}>")
+    return el

@@ -27,6 +27,7 @@ from ..accounting.report import Report, Settings, assess
 from ..domain import Domain, parse_domain
 from ..host.facts import HostFacts
 from ..policy import load as policymod
+from ..policy import model as policy_model
 from ..support.errors import MemlockGuardError
 from . import apply as applymod
 from . import client as lc
@@ -42,7 +43,7 @@ class Judge:
     (e.g. --mode); they win over the policy file and the domain's own override.
     """
 
-    policy: policymod.Policy
+    policy: policy_model.Policy
     host: HostFacts
     overrides: tuple[tuple[str, Any], ...] = ()
     # Whether to stat files a domain names (loaders, <rom file>); off when host facts
@@ -50,19 +51,17 @@ class Judge:
     probe_files: bool = True
     pm: Any = field(default=None, compare=False)
 
-    def settings_for(self, domain: Domain) -> tuple[Settings, policymod.Policy]:
+    def settings_for(self, domain: Domain) -> tuple[Settings, policy_model.Policy]:
         p = policymod.for_domain(self.policy, domain)
-        s = policymod.to_settings(p)
+        s = policy_model.to_settings(p)
         return s._replace(**dict(self.overrides)), p
 
     def host_for(self, domain: Domain) -> HostFacts:
         if not self.probe_files:
             return self.host
-        from ..commands.common import domain_files
-
         known = dict(self.host.rom_files)
         extra = {}
-        for path in domain_files(domain):
+        for path in domain.named_files:
             if path not in known:
                 try:
                     extra[path] = os.stat(path).st_size
@@ -72,21 +71,21 @@ class Judge:
             return self.host
         return self.host._replace(rom_files=tuple(sorted({**known, **extra}.items())))
 
-    def __call__(self, xml_text: str) -> tuple[Report, policymod.Policy]:
+    def __call__(self, xml_text: str) -> tuple[Report, policy_model.Policy]:
         domain = parse_domain(xml_text.encode())
         settings, p = self.settings_for(domain)
         return assess(domain, self.host_for(domain), settings, self.pm), p
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class Reconciled:
     """What happened to one domain."""
 
     name: str
     uuid: str | None
-    result: applymod.Result | None  # None when not judged (transient domain)
+    result: applymod.Edit | None  # None when not judged (transient domain)
     report: Report | None
-    policy: policymod.Policy | None
+    policy: policy_model.Policy | None
     written: bool  # defineXML was called
     attempts: int  # judgements made (more than 1: the definition changed under us)
     skipped: str | None = None  # why nothing was judged
@@ -99,7 +98,7 @@ class Outcome:
 
 
 def reconcile(conn: Any, dom: Any, judge: Judge, *, dry_run: bool = False,
-              before_commit: Callable[[int], None] | None = None) -> Outcome:
+              before_commit: Callable[[int], None] | None = None) -> Reconciled:
     """Raise ``dom``'s persistent hard_limit where it is short (see module docstring).
 
     ``before_commit(attempt)`` runs between judging and the final re-read; tests use it
@@ -108,14 +107,14 @@ def reconcile(conn: Any, dom: Any, judge: Judge, *, dry_run: bool = False,
     name = dom.name()
     uuid = dom.UUIDString()
     if not lc.is_persistent(dom):
-        return Outcome(name, uuid, None, None, None, False, 0,
+        return Reconciled(name, uuid, None, None, None, False, 0,
                        skipped="transient: no persistent definition to raise")
     xml = lc.persistent_xml(dom)
     for attempt in range(1, MAX_ATTEMPTS + 1):
         report, p = judge(xml)
         result = applymod.apply_to_xml(xml, report, name=name)
         if not result.changed or dry_run:
-            return Outcome(name, uuid, result, report, p, False, attempt)
+            return Reconciled(name, uuid, result, report, p, False, attempt)
         if before_commit is not None:
             before_commit(attempt)
         now = lc.persistent_xml(dom)
@@ -123,14 +122,14 @@ def reconcile(conn: Any, dom: Any, judge: Judge, *, dry_run: bool = False,
             xml = now  # edited while we judged: their edit becomes our base
             continue
         lc.define(conn, result.new_xml)
-        return Outcome(name, uuid, result, report, p, True, attempt)
+        return Reconciled(name, uuid, result, report, p, True, attempt)
     raise MemlockGuardError(f"{name}: the definition changed {MAX_ATTEMPTS} times while it "
                             f"was being judged; not redefined (run apply again)")
 
 
-def audit_record(outcome: Outcome, *, op: str, trigger: str | None = None) -> dict[str, Any]:
+def raise_record(outcome: Reconciled, *, op: str, trigger: str | None = None) -> dict[str, Any]:
     """The audit-log line for a raise (action ``apply``), as the hook writes its own."""
-    from ..support import audit
+    from ..accounting.report import audit_record
 
     assert outcome.report is not None and outcome.result is not None
     plan = outcome.result.plan
@@ -143,6 +142,6 @@ def audit_record(outcome: Outcome, *, op: str, trigger: str | None = None) -> di
     }
     if trigger:
         extra["trigger"] = trigger
-    return audit.from_report(op, outcome.report, action="apply",
+    return audit_record(op, outcome.report, action="apply",
                              policy=outcome.policy.origin if outcome.policy else None,
                              **extra)

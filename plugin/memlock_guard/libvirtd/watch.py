@@ -39,11 +39,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..policy import load as policymod
+from ..policy import model as policy_model
 from ..support import audit
 from ..support.errors import MemlockGuardError
 from . import apply as applymod
 from . import client as lc
-from .reconcile import Judge, audit_record, reconcile
+from .reconcile import Judge, raise_record, reconcile
 
 log = logging.getLogger("memlock_guard.libvirtd.watch")
 
@@ -87,7 +88,7 @@ class PolicySource:
     def __init__(self, path: str | None, named: bool) -> None:
         self.path, self.named = path, named
         self._stamp: tuple[int, int, int] | None = None
-        self.current = policymod.load(path, named=named) if path else policymod.DEFAULTS
+        self.current = policymod.load(path, named=named) if path else policy_model.DEFAULTS
         self._stamp = self._stat()
 
     def _stat(self) -> tuple[int, int, int] | None:
@@ -124,7 +125,7 @@ class Watcher:
     """Reconcile every domain of one libvirt URI until ``stop`` is set."""
 
     def __init__(self, uri: str, policy: PolicySource,
-                 make_judge: Callable[[Any, policymod.Policy], Judge], *,
+                 make_judge: Callable[[Any, policy_model.Policy], Judge], *,
                  dry_run: bool = False, resync_interval: float = 300.0,
                  match: str = "*",
                  backoff: lc.Backoff = lc.WATCH_BACKOFF,
@@ -250,7 +251,7 @@ class Watcher:
             if self.policy.refresh():
                 # Every domain may judge differently now (mode, margin): judge them all.
                 judge = dataclasses.replace(judge, policy=self.policy.current,
-                                            pm=policymod.plugin_manager(self.policy.current))
+                                            pm=policy_model.plugin_manager(self.policy.current))
                 self._ours.clear()
                 self.queue.put(Work("resync", trigger="policy", generation=gen))
             if first is None:
@@ -333,7 +334,7 @@ class Watcher:
             log.debug("%s: %s (%s)", name, out.result.plan.reason if out.result else
                       out.skipped, trigger)
             return
-        record = audit_record(out, op="watch", trigger=trigger)
+        record = raise_record(out, op="watch", trigger=trigger)
         if self.dry_run:
             record["dry_run"] = True
             record["action"] = "would-apply"

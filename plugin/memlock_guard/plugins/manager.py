@@ -11,16 +11,9 @@ from collections.abc import Iterable
 
 import pluggy
 
+from ..accounting.engine import BUILTIN_MODULES
 from ..support.errors import PluginError
 from . import spec as hookspecs
-
-BUILTIN_MODULES = (
-    "memlock_guard.estimators.containers",
-    "memlock_guard.estimators.ram",
-    "memlock_guard.estimators.firmware",
-    "memlock_guard.estimators.video",
-    "memlock_guard.estimators.option_roms",
-)
 
 
 def manager(allowed: Iterable[str] = ()) -> pluggy.PluginManager:
@@ -35,13 +28,6 @@ def manager(allowed: Iterable[str] = ()) -> pluggy.PluginManager:
     if allowed:
         _load_allowed(pm, allowed)
     return pm
-
-
-_BUILTIN = frozenset(BUILTIN_MODULES)
-
-
-def is_builtin(plugin_name: str | None) -> bool:
-    return plugin_name in _BUILTIN
 
 
 def _load_allowed(pm: pluggy.PluginManager, allowed: tuple[str, ...]) -> None:

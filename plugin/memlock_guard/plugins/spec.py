@@ -1,9 +1,11 @@
 """The plugin interface: what an estimator plugin implements.
 
-Built-in estimators are ordinary plugins registered through these same hooks
-(see ``plugins.py``); a third-party plugin is loaded only when the operator lists
-its entry-point name in the policy (``<plugins><allow>NAME</allow></plugins>``),
-because memlock-guard runs as root inside libvirt's VM start path.
+Built-in estimators (``memlock_guard.estimators``) are ordinary plugins registered
+through these same hooks (see manager.py); a third-party plugin is loaded only when the
+operator lists its entry-point name in the policy (``<plugins><allow>NAME</allow>
+</plugins>``), because memlock-guard runs as root inside libvirt's VM start path.
+docs/plugins.md is the guide for plugin authors; tests/unit/test_plugin_docs.py keeps it
+in step with every hook specified here.
 """
 
 from __future__ import annotations

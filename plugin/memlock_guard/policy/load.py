@@ -29,95 +29,33 @@ enforced here too; the checks in this module run first because RelaxNG's own mes
 from __future__ import annotations
 
 import os
-import re
 import stat
-from collections.abc import Mapping
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
-from ..accounting.ledger import Mode
+from ..accounting.modes import Mode
 from ..support import xmlsafe
-from ..support.defaults import package_file
+from ..support.defaults import MAX_POLICY_BYTES, POLICY_NS
 from ..support.errors import InputError
-from ..support.units import MiB, parse_scaled
+from ..support.units import parse_scaled
+from . import grammar
+from .model import (
+    ADJUSTABLE_OPS,
+    DEFAULTS,
+    HOST_ONLY,
+    OnError,
+    OnShortfall,
+    Policy,
+    PolicyError,
+    policy_path,
+)
+from .salvage import salvage
 
 if TYPE_CHECKING:
-    from ..accounting.report import Settings
     from ..domain import Domain
 
-NS = "urn:memlock-guard:policy:1"
-DEFAULT_PATH = "/etc/memlock-guard/policy.xml"
-ENV_VAR = "MEMLOCK_GUARD_POLICY"
-DEFAULT_AUDIT_LOG = "/var/log/memlock-guard/audit.jsonl"
-DEFAULT_MARGIN = 64 * MiB  # the same number as report.DEFAULT_MARGIN, without its imports
-MAX_POLICY_BYTES = 256 * 1024  # a real policy is a few hundred bytes
-ADJUSTABLE_OPS = ("migrate", "restore")
-HOST_ONLY = ("on-error", "plugins", "audit-log")
-
-_RNG_NS = "http://relaxng.org/ns/structure/1.0"
-
-
-class PolicyError(InputError):
-    """A policy that cannot be used, with the fail-safe settings still legible in it.
-
-    A broken file must still be able to say ``<on-error>refuse</on-error>`` (the
-    operator asked to fail closed) and where the audit log is, so those two are read
-    from the raw bytes when the document as a whole cannot be.
-    """
-
-    def __init__(self, message: str, *, on_error: OnError | None = None,
-                 audit_log: str | None = None) -> None:
-        super().__init__(message)
-        self.on_error = on_error
-        self.audit_log = audit_log
-
-
-class OnShortfall(StrEnum):
-    REFUSE = "refuse"
-    WARN = "warn"
-
-
-class OnError(StrEnum):
-    ALLOW = "allow"
-    REFUSE = "refuse"
-
-
-class Policy(NamedTuple):
-    mode: Mode = Mode.AUTO
-    on_shortfall: OnShortfall = OnShortfall.REFUSE
-    adjust: frozenset[str] = frozenset(ADJUSTABLE_OPS)
-    margin: int = DEFAULT_MARGIN
-    zero_page_allowance: int | None = 0  # None: forgive every zero-fill page
-    on_error: OnError = OnError.ALLOW
-    plugins: tuple[str, ...] = ()
-    audit_log: str = DEFAULT_AUDIT_LOG
-    # Where the values came from, for messages and the audit log.
-    origin: str = "built-in defaults"
-    # Elements a domain's <metadata> overrode, in document order.
-    overridden: tuple[str, ...] = ()
-
-    def may_adjust(self, op: str) -> bool:
-        return op in self.adjust
-
-
-DEFAULTS = Policy()
-
-
-def policy_path(explicit: str | None = None,
-                environ: Mapping[str, str] | None = None) -> tuple[str, bool]:
-    """(path, named): ``--policy``, else ``$MEMLOCK_GUARD_POLICY``, else the default.
-
-    ``named`` is True when someone chose the path; a missing named file is an error,
-    while a missing default file means the built-in defaults.
-    """
-    if explicit:
-        return explicit, True
-    env = (os.environ if environ is None else environ).get(ENV_VAR)
-    if env:
-        return env, True
-    return DEFAULT_PATH, False
+NS = POLICY_NS
 
 
 def load(path: str | None = None, *, named: bool | None = None) -> Policy:
@@ -135,28 +73,8 @@ def load(path: str | None = None, *, named: bool | None = None) -> Policy:
         return parse(data, what=f"policy {path}", origin=path)
     except InputError as e:
         on_error, audit_log = salvage(data)
-        raise PolicyError(str(e), on_error=on_error, audit_log=audit_log) from None
-
-
-# Compiled on first use (re caches them): only a broken policy needs them.
-_PREFIX = rb"<(?:[A-Za-z_][\w.-]*:)?"
-_SALVAGE_ON_ERROR = _PREFIX + rb"on-error\s*>\s*(allow|refuse)\s*<"
-_SALVAGE_AUDIT = _PREFIX + rb"audit-log\s*>\s*(/[^<>\x00-\x1f]{0,4000}?)\s*<"
-
-
-def salvage(data: bytes) -> tuple[OnError | None, str | None]:
-    """(on-error, audit-log) read textually from a policy that does not parse or validate.
-
-    Only an unambiguous single occurrence counts; anything else gives None (the defaults).
-    """
-    def one(pattern: bytes) -> str | None:
-        found = re.findall(pattern, data[:MAX_POLICY_BYTES])
-        if len(set(found)) != 1:
-            return None
-        return bytes(found[0]).decode("ascii", "replace")
-
-    on_error = one(_SALVAGE_ON_ERROR)
-    return (OnError(on_error) if on_error else None), one(_SALVAGE_AUDIT)
+        raise PolicyError(str(e), on_error=OnError(on_error) if on_error else None,
+                          audit_log=audit_log) from None
 
 
 def parse(data: bytes, *, what: str = "policy", origin: str = "policy") -> Policy:
@@ -164,7 +82,7 @@ def parse(data: bytes, *, what: str = "policy", origin: str = "policy") -> Polic
     root = xmlsafe.parse(data, what=what, max_bytes=MAX_POLICY_BYTES)
     _expect_root(root, what)
     values = _interpret(root, what, host=True)
-    _validate(root, what, host=True)
+    grammar.validate(root, what, host=True)
     return DEFAULTS._replace(origin=origin, **values)
 
 
@@ -177,7 +95,7 @@ def override(base: Policy, element: bytes | None, *, domain_name: str = "domain"
     _expect_root(root, what)
     _adopt_children(root)
     values = _interpret(root, what, host=False)
-    _validate(root, what, host=False)
+    grammar.validate(root, what, host=False)
     if not values:
         return base
     names = tuple(_ELEMENT_OF[k] for k in values)
@@ -187,28 +105,6 @@ def override(base: Policy, element: bytes | None, *, domain_name: str = "domain"
 
 def for_domain(base: Policy, domain: Domain) -> Policy:
     return override(base, domain.metadata_element("policy"), domain_name=domain.name)
-
-
-def to_settings(p: Policy, *, libvirt_version: tuple[int, int, int] | None = None,
-                platform: str = "libvirt") -> Settings:
-    """The accounting numbers of a policy, as report.assess() takes them."""
-    from ..accounting.report import Settings
-
-    return Settings(mode=p.mode, margin=p.margin, zero_page_allowance=p.zero_page_allowance,
-                    libvirt_version=libvirt_version, platform=platform)
-
-
-def plugin_manager(p: Policy) -> Any:
-    """The pluggy manager for this policy: built-ins plus the allowed third-party plugins;
-    None when it allows none (the engine then calls the built-ins directly).
-
-    Typed loosely so importing this module never imports pluggy.
-    """
-    if not p.plugins:
-        return None
-    from ..plugins import manager as plugins
-
-    return plugins.manager(p.plugins)
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -378,45 +274,3 @@ def _value(el: etree._Element, name: str, what: str) -> Any:
     raise AssertionError(name)  # _FIELD_OF and this function list the same names
 
 
-# -- the RelaxNG grammar ---------------------------------------------------------------
-
-_SCHEMAS: dict[bool, etree.RelaxNG] = {}
-
-
-def schema_path() -> str:
-    """schemas/policy.rng: beside the package when installed, else in the source tree.
-
-    """
-    path = package_file("policy.rng", "schemas/policy.rng")
-    if path is None:
-        raise InputError("schemas/policy.rng is missing from this installation")
-    return path
-
-
-def _schema(host: bool) -> etree.RelaxNG:
-    cached = _SCHEMAS.get(host)
-    if cached is not None:
-        return cached
-    path = schema_path()
-    with open(path, "rb") as f:
-        grammar = xmlsafe.parse(f.read(), what=path)
-    if not host:
-        ref = grammar.find(f"{{{_RNG_NS}}}start/{{{_RNG_NS}}}ref")
-        assert ref is not None, "policy.rng: <start> must hold a single <ref>"
-        ref.set("name", "domain-policy")
-    schema = etree.RelaxNG(grammar)
-    _SCHEMAS[host] = schema
-    return schema
-
-
-def _validate(root: etree._Element, what: str, *, host: bool) -> None:
-    schema = _schema(host)
-    if schema.validate(root):
-        return
-    # The Python checks above accept only what the grammar describes; reaching this
-    # means the two disagree, so report the grammar's words with the best line we have.
-    errors = [e for e in schema.error_log if e.line] or list(schema.error_log)
-    first = errors[0] if errors else None
-    line = f" line {first.line}" if first is not None and first.line else ""
-    msg = first.message if first is not None else "does not match schemas/policy.rng"
-    raise InputError(f"{what}{line}: {msg} (schemas/policy.rng)")

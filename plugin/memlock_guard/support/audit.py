@@ -41,8 +41,6 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import IO, Any
 
-    from ..accounting.report import Report
-
 # A line longer than this is cut down (long strings first) so a runaway error message
 # cannot bloat the log; real lines are a few hundred bytes.
 MAX_LINE = 8192
@@ -71,18 +69,6 @@ def entry(*, op: str, domain: str | None, uuid: str | None, action: str,
     }
     rec.update(extra)
     return rec
-
-
-def from_report(op: str, report: Report, *, action: str, policy: str | None = None,
-                **extra: Any) -> dict[str, Any]:
-    """The record for a decision made on ``report`` (hook, apply, watch)."""
-    v = report.verdict
-    if report.ledger.excluded_plugins:
-        extra.setdefault("excluded_plugins", list(report.ledger.excluded_plugins))
-    return entry(op=op, domain=report.domain.name, uuid=report.domain.uuid, action=action,
-                 verdict=v.outcome.value, mode=v.mode.value, required=v.required,
-                 limit=v.limit.bytes, limit_source=v.limit.source,
-                 recommended_hard_limit=v.recommended_hard_limit, policy=policy, **extra)
 
 
 def encode(record: Mapping[str, Any]) -> bytes:

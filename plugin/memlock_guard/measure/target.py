@@ -1,0 +1,137 @@
+"""A libvirt domain driven for a measurement: through libvirt-python, else virsh."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .qemu_text import MeasureError
+
+
+class Target(Protocol):
+    """A libvirt domain that can be driven for a measurement."""
+
+    name: str
+    log_path: str | None  # where QEMU's stderr (and so its trace output) goes
+
+    def hmp(self, command: str) -> str: ...
+    def xml(self) -> str: ...
+    def is_active(self) -> bool: ...
+    def is_persistent(self) -> bool: ...
+    def start_paused(self) -> None: ...
+    def resume(self) -> None: ...
+    def destroy(self) -> None: ...
+
+
+def default_log_path(uri: str | None, name: str) -> str | None:
+    """libvirt's per-domain QEMU log, which receives QEMU's trace output (local only)."""
+    if uri in (None, "", "qemu:///system"):
+        return f"/var/log/libvirt/qemu/{name}.log"
+    if uri == "qemu:///session":
+        return os.path.expanduser(f"~/.cache/libvirt/qemu/log/{name}.log")
+    return None  # remote: the log is on another machine
+
+
+class LibvirtTarget:
+    """Through libvirt-python: a monitor round trip takes ~2 ms, so sampling is dense."""
+
+    def __init__(self, name: str, uri: str | None = None) -> None:
+        import libvirt_qemu  # type: ignore[import-untyped]
+
+        from ..libvirtd import client as lc
+
+        self._libvirt: Any = lc.require_libvirt()
+        self._qemu: Any = libvirt_qemu
+        uri = uri or lc.DEFAULT_URI
+        self._conn: Any = lc.connect(uri)  # retried while the daemon is absent
+        self._dom: Any = lc.lookup(self._conn, name)  # by name, UUID or id
+        self.name = str(self._dom.name())
+        self.log_path = default_log_path(uri, self.name)
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except self._libvirt.libvirtError as e:
+            raise MeasureError(f"{self.name}: {_libvirt_message(e)}") from None
+
+    def hmp(self, command: str) -> str:
+        flag = self._qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP
+        return str(self._call(lambda: self._qemu.qemuMonitorCommand(self._dom, command, flag)))
+
+    def xml(self) -> str:
+        return str(self._call(lambda: self._dom.XMLDesc(0)))
+
+    def is_active(self) -> bool:
+        return bool(self._call(self._dom.isActive))
+
+    def is_persistent(self) -> bool:
+        return bool(self._call(self._dom.isPersistent))
+
+    def start_paused(self) -> None:
+        self._call(lambda: self._dom.createWithFlags(self._libvirt.VIR_DOMAIN_START_PAUSED))
+
+    def resume(self) -> None:
+        self._call(self._dom.resume)
+
+    def destroy(self) -> None:
+        self._call(self._dom.destroy)
+
+
+def _libvirt_message(e: Any) -> str:
+    return str(e.get_error_message() if hasattr(e, "get_error_message") else e)
+
+
+class VirshTarget:
+    """Through the virsh client, when libvirt-python is not installed (slower sampling)."""
+
+    def __init__(self, name: str, uri: str | None = None) -> None:
+        if shutil.which("virsh") is None:
+            raise MeasureError("neither libvirt-python nor virsh is available")
+        self.name = name
+        self.uri = uri
+        self.log_path = default_log_path(uri, name)
+        self._virsh("dominfo", name)  # fails early when the domain does not exist
+
+    def _virsh(self, *args: str) -> str:
+        cmd = ["virsh", *(["-c", self.uri] if self.uri else []), *args]
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise MeasureError(f"virsh {args[0]}: {e}") from None
+        if p.returncode != 0:
+            msg = p.stderr.strip().removeprefix("error: ").replace("\nerror: ", ": ")
+            raise MeasureError(f"virsh {args[0]} {self.name}: {msg}")
+        return p.stdout
+
+    def hmp(self, command: str) -> str:
+        return self._virsh("qemu-monitor-command", self.name, "--hmp", command)
+
+    def xml(self) -> str:
+        return self._virsh("dumpxml", self.name)
+
+    def is_active(self) -> bool:
+        return self._virsh("domstate", self.name).strip() not in ("shut off", "crashed")
+
+    def is_persistent(self) -> bool:
+        return "Persistent:     yes" in self._virsh("dominfo", self.name)
+
+    def start_paused(self) -> None:
+        self._virsh("start", self.name, "--paused")
+
+    def resume(self) -> None:
+        self._virsh("resume", self.name)
+
+    def destroy(self) -> None:
+        self._virsh("destroy", self.name)
+
+
+def open_target(name: str, uri: str | None = None) -> Target:
+    """libvirt-python when importable (with tenacity, as the other verbs), else virsh."""
+    from importlib.util import find_spec
+
+    if find_spec("libvirt_qemu") is None or find_spec("tenacity") is None:
+        return VirshTarget(name, uri)
+    return LibvirtTarget(name, uri)
