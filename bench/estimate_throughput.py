@@ -33,7 +33,7 @@ from memlock_guard.accounting.engine import build_ledger  # noqa: E402
 from memlock_guard.accounting.report import Settings, assess  # noqa: E402
 from memlock_guard.commands.render import to_dict  # noqa: E402
 from memlock_guard.domain import Domain, parse_domain  # noqa: E402
-from memlock_guard.host import facts as hostmod  # noqa: E402
+from memlock_guard.host import probe as hostmod  # noqa: E402
 from memlock_guard.support import xmlsafe  # noqa: E402
 from memlock_guard.support.errors import InputError  # noqa: E402
 

@@ -11,5 +11,6 @@ bash tests/e2e/libvirt_env.sh start
 
 echo "== ruff" && .venv/bin/ruff check plugin tests bench hooks
 echo "== mypy" && .venv/bin/mypy
+echo "== lint-imports" && .venv/bin/lint-imports --no-cache
 echo "== pytest"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -32,7 +32,7 @@ PINNED_HOST = {
 
 @pytest.fixture
 def pinned_host():
-    from memlock_guard.host import facts as host
+    from memlock_guard.host import probe as host
 
     return host.collect(override=PINNED_HOST)
 

@@ -213,7 +213,7 @@ def test_no_data_lost_across_the_corpus(libvirtd: Libvirtd, tmp_path: Path) -> N
 def test_an_edit_racing_apply_survives(libvirtd: Libvirtd, tmp_path: Path) -> None:
     """A `virsh define` lands between apply's judgement and its commit: apply sees the
     definition changed (digest), judges the new one, and the edit survives."""
-    from memlock_guard.host import facts as host
+    from memlock_guard.host import probe as host
     from memlock_guard.libvirtd import client as lc
     from memlock_guard.libvirtd.reconcile import Judge, reconcile
     from memlock_guard.policy import load as policy

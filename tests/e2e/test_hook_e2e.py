@@ -251,6 +251,36 @@ def test_restore_uses_the_hooks_raised_hard_limit(hooked: HookedLibvirtd, tmp_pa
         assert prepare["action"] == "warn"
 
 
+def test_a_restore_answer_keeps_swap_hard_limit_above_the_new_hard_limit(
+        hooked: HookedLibvirtd, tmp_path: Path):
+    """The hook's restore XML raises hard_limit past the domain's swap_hard_limit; it
+    raises swap_hard_limit with it (keeping the swap allowance), and libvirt accepts the
+    definition: libvirt writes the cgroup's memory limit, then the swap limit, and
+    cgroup v1 refuses a swap limit below the memory limit."""
+    hooked.set_policy(hooked.policy_xml("<mode>strict</mode>"))
+    name = unique_name("swap")
+    xml = PASSTHROUGH.format(type=domain_type(), name=name).replace(
+        "<vcpu>", "<memtune><hard_limit unit='MiB'>64</hard_limit>"
+                  "<swap_hard_limit unit='MiB'>96</swap_hard_limit></memtune>\n  <vcpu>", 1)
+    hook = Path("/etc/libvirt/hooks/qemu.d/50-memlock-guard")
+    p = subprocess.run([str(hook), name, "restore", "begin", "-"], input=xml,
+                       capture_output=True, text=True, timeout=60, env={})
+    assert p.returncode == 0, p.stderr
+    answer = tmp_path / "restore-answer.xml"
+    answer.write_text(p.stdout)
+    hooked.virsh("define", str(answer))  # libvirt's own validation of what we printed
+    hooked.daemon.defined.append(name)
+    from lxml import etree
+
+    memtune = etree.fromstring(hooked.virsh("dumpxml", name, "--inactive").stdout.encode()
+                               ).find("memtune")
+    assert memtune is not None
+    hard = int(memtune.findtext("hard_limit") or 0)
+    swap = int(memtune.findtext("swap_hard_limit") or 0)
+    assert hard > 96 * 1024  # KiB: raised past the old swap_hard_limit
+    assert swap - hard == (96 - 64) * 1024  # the operator's 32 MiB of swap, kept
+
+
 # -- the installed script, many at once ----------------------------------------------------------
 
 KINDS: dict[str, tuple[str, int, str]] = {

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import pytest
 from memlock_guard.accounting.engine import build_ledger
+from memlock_guard.commands.common import libvirt_library_version
 from memlock_guard.domain import parse_domain
-from memlock_guard.host import facts as host_mod
+from memlock_guard.host import probe as host_mod
 from memlock_guard.measure import boot, compare, target
 from memlock_guard.support.units import KiB, MiB
 
@@ -137,7 +138,7 @@ def test_estimate_brackets_what_qemu_maps(libvirtd: Libvirtd, case: Case) -> Non
     # The estimate runs on the XML QEMU was started from, with this host's facts.
     domain = parse_domain(m.xml.encode())
     host = host_mod.collect(extra_files=domain.named_files, probe_qemu=True,
-                            probe_libvirt=True)
+                            libvirt_version=libvirt_library_version())
     estimate, _always = compare.estimated_non_ram(build_ledger(domain, host))
     measured = m.non_ram_bytes
     row = (f"{case.id}: measured {measured // KiB} KiB, estimated {estimate // KiB} KiB, "

@@ -92,7 +92,7 @@ _HOST = None
 def _host():  # type: ignore[no-untyped-def]
     global _HOST
     if _HOST is None:
-        from memlock_guard.host import facts as host
+        from memlock_guard.host import probe as host
 
         from tests.conftest import PINNED_HOST
 

@@ -21,7 +21,7 @@ from memlock_guard.accounting.modes import Mode
 from memlock_guard.accounting.report import Report, Settings, assess
 from memlock_guard.commands import render
 from memlock_guard.domain import parse_domain
-from memlock_guard.host import facts as host
+from memlock_guard.host import probe as host
 from memlock_guard.plugins import manager as plugins
 from memlock_guard.support.errors import InputError
 

@@ -22,7 +22,7 @@ from memlock_guard.accounting.report import Settings, assess
 from memlock_guard.baselines.libvirt import libvirt_limit
 from memlock_guard.commands import render
 from memlock_guard.domain import Domain, parse_domain
-from memlock_guard.host import facts as hostmod
+from memlock_guard.host import probe as hostmod
 from memlock_guard.plugins import manager as plugins
 from memlock_guard.support.errors import InputError
 

@@ -14,7 +14,7 @@ import pytest
 from memlock_guard.accounting import engine
 from memlock_guard.accounting.ledger import Ledger
 from memlock_guard.domain import parse_domain
-from memlock_guard.host import facts as hostmod
+from memlock_guard.host import probe as hostmod
 from memlock_guard.plugins import manager as plugins
 from memlock_guard.support.errors import InputError
 

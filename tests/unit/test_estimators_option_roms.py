@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from memlock_guard.accounting.ledger import Backing, Kind
-from memlock_guard.host import facts as hostmod
+from memlock_guard.host import probe as hostmod
 
 from ..conftest import PINNED_HOST
 from .builders import PAGE, MiB, hostdevs, ledger, of_kind, pow2ceil, round_up

@@ -25,7 +25,7 @@ from memlock_guard.domain import parse_domain
 from memlock_guard.domain.edit import raise_hard_limit
 from memlock_guard.hook import cache as decision_cache
 from memlock_guard.hook import entry as hook
-from memlock_guard.host import facts as host
+from memlock_guard.host import probe as host
 from memlock_guard.support.units import KiB, round_up
 
 from ..conftest import PINNED_HOST, ROOT
@@ -279,6 +279,19 @@ def test_raise_hard_limit_never_lowers():
     assert not raise_hard_limit(root, 4 * GiB)
     assert raise_hard_limit(root, 9 * GiB)
     assert root.findtext("memtune/hard_limit") == str(9 * GiB // KiB)
+
+
+def test_raise_hard_limit_raises_swap_hard_limit_with_it():
+    """A swap_hard_limit below the new hard_limit goes up by the same amount, keeping
+    the operator's swap allowance; one already above it is left alone."""
+    root = etree.fromstring(b"<domain><memtune><hard_limit unit='GiB'>1</hard_limit>"
+                            b"<swap_hard_limit unit='GiB'>2</swap_hard_limit></memtune>"
+                            b"</domain>")
+    assert raise_hard_limit(root, 3 * GiB)
+    assert root.findtext("memtune/hard_limit") == str(3 * GiB // 1024)
+    assert root.findtext("memtune/swap_hard_limit") == str(4 * GiB // 1024)
+    assert raise_hard_limit(root, 3 * GiB + 1024)  # swap (4 GiB) is still above: kept
+    assert root.findtext("memtune/swap_hard_limit") == str(4 * GiB // 1024)
 
 
 # -- on-error ------------------------------------------------------------------------------

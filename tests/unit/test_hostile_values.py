@@ -135,7 +135,7 @@ def test_video_values_libvirt_refuses_are_refused(attrs: str) -> None:
 
 def test_largest_video_sizes_stay_in_range() -> None:
     """UINT_MAX KiB everywhere: every ledger number still fits in a signed 64-bit int."""
-    from memlock_guard.host import facts as host
+    from memlock_guard.host import probe as host
 
     v = "vram='4294967295' ram='4294967295' vgamem='4294967295' vram64='4294967295'"
     d = parse_domain(domain(f"<video><model type='qxl' {v}/></video>"

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from memlock_guard.accounting.ledger import Backing, Kind, Ledger, LedgerItem, Window
 from memlock_guard.accounting.modes import Mode, resolve
-from memlock_guard.host import facts as hostmod
+from memlock_guard.host import probe as hostmod
 
 from ..conftest import PINNED_HOST
 from .builders import GiB, KiB, MiB, hostdevs, ledger

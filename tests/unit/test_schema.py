@@ -92,7 +92,7 @@ def sample() -> dict[str, Any]:
     from memlock_guard.accounting.report import assess
     from memlock_guard.commands import render
     from memlock_guard.domain import parse_domain
-    from memlock_guard.host import facts as host
+    from memlock_guard.host import probe as host
 
     from ..conftest import PINNED_HOST
 

@@ -13,7 +13,7 @@ from memlock_guard.accounting.modes import Mode
 from memlock_guard.accounting.report import DEFAULT_MARGIN
 from memlock_guard.accounting.verdict import EffectiveLimit, Fit, judge
 from memlock_guard.commands.render import sentence
-from memlock_guard.host import facts as hostmod
+from memlock_guard.host import probe as hostmod
 
 from ..conftest import PINNED_HOST
 from .builders import GiB, KiB, MiB, domain_xml, hostdevs, report, round_up

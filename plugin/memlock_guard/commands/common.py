@@ -68,11 +68,25 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def host_facts(args: argparse.Namespace, extra_files: tuple[str, ...] = ()) -> HostFacts:
-    from ..host import facts as host
+    """This host, QEMU probed, with libvirt-python's version; --host-facts wins."""
+    from ..host import probe
 
-    override = host.load_override(args.host_facts) if args.host_facts else None
-    return host.collect(extra_files=extra_files, probe_qemu=True, probe_libvirt=True,
-                        override=override)
+    override = probe.load_override(args.host_facts) if args.host_facts else None
+    return probe.collect(extra_files=extra_files, probe_qemu=True,
+                         libvirt_version=libvirt_library_version(), override=override)
+
+
+def libvirt_library_version() -> tuple[int, int, int] | None:
+    """The version of the installed libvirt-python's library; None without it."""
+    try:
+        import libvirt  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    try:
+        v = int(libvirt.getVersion())
+    except Exception:
+        return None
+    return v // 1_000_000, (v // 1000) % 1000, v % 1000
 
 
 def read_xml_arg(path: str) -> bytes:

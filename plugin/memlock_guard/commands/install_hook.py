@@ -123,8 +123,49 @@ def _template() -> str:
         return f.read()
 
 
+def cache_host_facts(path: str) -> dict[str, object]:
+    """Probe what the hook cannot afford per start and write it where the hook reads it."""
+    import json
+
+    from ..host import probe
+    from ..support.files import write_atomically
+    from .common import libvirt_library_version
+
+    facts = probe.collect(probe_qemu=True)
+    version = libvirt_library_version() or _daemon_version()
+    data: dict[str, object] = {
+        "libvirt_version": None if version is None else ".".join(map(str, version)),
+        "qemu_version": (None if facts.qemu_version is None
+                         else ".".join(map(str, facts.qemu_version))),
+        "qemu_data_dirs": list(facts.qemu_data_dirs),
+    }
+    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+    write_atomically(path, json.dumps(data, indent=2) + "\n", 0o644)
+    return data
+
+
+def _daemon_version() -> tuple[int, int, int] | None:
+    """libvirt's version from its daemons, when libvirt-python is not installed."""
+    import re
+    import shutil
+    import subprocess
+
+    for daemon in ("virtqemud", "libvirtd"):
+        exe = shutil.which(daemon, path="/usr/sbin:/usr/bin:/sbin:/bin")
+        if not exe:
+            continue
+        try:
+            out = subprocess.run([exe, "--version"], capture_output=True, text=True,
+                                 timeout=10, check=False).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        m = re.search(r"(\d+)\.(\d+)\.(\d+)", out)
+        if m:
+            return int(m.group(1)), int(m.group(2)), int(m.group(3))
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..host import cache as host_cache
     from ..policy import load as pol
     from ..support import defaults
     from ..support.errors import InputError
@@ -179,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         from ..hook.cache import clear
 
         clear(cache_dir)  # answers of an earlier engine or policy must not be replayed
-    facts = host_cache.write(args.facts_cache) if args.facts_cache else {}
+    facts = cache_host_facts(args.facts_cache) if args.facts_cache else {}
     if facts:
         print(f"cached host facts in {args.facts_cache}: libvirt "
               f"{facts.get('libvirt_version') or 'unknown'}, QEMU "

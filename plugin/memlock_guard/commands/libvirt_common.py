@@ -81,14 +81,14 @@ def overrides(args: argparse.Namespace) -> tuple[tuple[str, Any], ...]:
 
 def make_judge(args: argparse.Namespace, conn: Any, policy: Policy | None = None) -> Judge:
     """Judge domains as the hook will: the policy, this host, the daemon's libvirt rules."""
-    from ..host import facts as hostmod
+    from ..host import probe as hostmod
     from ..libvirtd import client as lc
     from ..libvirtd.reconcile import Judge
     from ..policy import model as policy_model
 
     p = policy if policy is not None else load_policy(args)
     override = hostmod.load_override(args.host_facts) if args.host_facts else None
-    facts = hostmod.collect(probe_qemu=True, probe_libvirt=False, override=override)
+    facts = hostmod.collect(probe_qemu=True, override=override)
     # The daemon's version sets the formula, not this client library's; a host-facts
     # file or --libvirt-version still wins.
     if override is None or "libvirt_version" not in override:

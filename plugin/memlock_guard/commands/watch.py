@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     source = PolicySource(path, named)  # an unusable policy at start: exit 2 at once
     # Parse the judgement options and the host-facts file now, so a typo fails at once
     # (exit 2) instead of at every reconnect.
-    from ..host import facts as hostmod
+    from ..host import probe as hostmod
     from .libvirt_common import overrides
 
     overrides(args)

@@ -1,30 +1,28 @@
-"""install-hook's host-facts cache: what the hook cannot afford to learn on every start.
+"""The hook's host facts: the cheap ones, plus install-hook's cache of the slow ones.
 
 The libvirt and QEMU versions take a subprocess (or libvirt-python) to learn, and QEMU's
-data directories ``qemu -L help``; the hook runs on every VM start, so install-hook (and
-the package's postinst) probe them once and write them here, in the ``--host-facts``
-JSON format, and the hook reads them back (``hook_facts``).
+data directories ``qemu -L help``; the hook runs on every VM start, so install-hook
+probes them once and writes them in the ``--host-facts`` JSON format
+(commands/install_hook.py), and the hook reads them back here.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from ..support.defaults import MAX_FACTS_CACHE_BYTES
 from ..support.errors import InputError
-from ..support.files import write_atomically
-from . import facts as hostmod
+from . import probe
+from .facts import HostFacts
 
 
-def hook_facts(files: tuple[str, ...], facts_path: str | None) -> hostmod.HostFacts:
+def hook_facts(files: tuple[str, ...], facts_path: str | None) -> HostFacts:
     """Cheap host facts (no QEMU or libvirt probe) plus the cache, for the hook."""
     cache = read(facts_path) if facts_path else None
     dirs = cache.get("qemu_data_dirs") if cache else None
-    return hostmod.collect(extra_files=files, probe_qemu=False, probe_libvirt=False,
-                           override=cache,
-                           data_dirs=tuple(dirs) if isinstance(dirs, list) else ())
+    return probe.collect(extra_files=files, override=cache,
+                         data_dirs=tuple(dirs) if isinstance(dirs, list) else ())
 
 
 def read(path: str) -> dict[str, Any] | None:
@@ -50,39 +48,3 @@ def read(path: str) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise InputError(f"host facts cache {path} must hold a JSON object")
     return data
-
-
-def write(path: str) -> dict[str, object]:
-    """Probe what the hook cannot afford per start and write it where the hook reads it."""
-    facts = hostmod.collect(probe_qemu=True, probe_libvirt=True)
-    version = facts.libvirt_version or daemon_version()
-    data: dict[str, object] = {
-        "libvirt_version": None if version is None else ".".join(map(str, version)),
-        "qemu_version": (None if facts.qemu_version is None
-                         else ".".join(map(str, facts.qemu_version))),
-        "qemu_data_dirs": list(facts.qemu_data_dirs),
-    }
-    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
-    write_atomically(path, json.dumps(data, indent=2) + "\n", 0o644)
-    return data
-
-
-def daemon_version() -> tuple[int, int, int] | None:
-    """libvirt's version from its daemons, when libvirt-python is not installed."""
-    import re
-    import shutil
-    import subprocess
-
-    for daemon in ("virtqemud", "libvirtd"):
-        exe = shutil.which(daemon, path="/usr/sbin:/usr/bin:/sbin:/bin")
-        if not exe:
-            continue
-        try:
-            out = subprocess.run([exe, "--version"], capture_output=True, text=True,
-                                 timeout=10, check=False).stdout
-        except (OSError, subprocess.SubprocessError):
-            continue
-        m = re.search(r"(\d+)\.(\d+)\.(\d+)", out)
-        if m:
-            return int(m.group(1)), int(m.group(2)), int(m.group(3))
-    return None

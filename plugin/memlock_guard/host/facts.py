@@ -1,20 +1,17 @@
-"""Host facts: kernel, VFIO/iommufd parameters, QEMU's ROM files, libvirt version.
+"""Host facts as data: kernel, VFIO/iommufd parameters, QEMU's ROM files, versions.
 
-I/O lives here and nowhere in the accounting core. Collection is cheap by default
-(a few stat() calls and sysfs reads) because the hook runs it on every VM start; the
-slower probes (running QEMU, importing libvirt) are opt-in for the CLI. Every fact can
-be overridden from a JSON file so that tests and reports are reproducible.
+``HostFacts`` is what the accounting core and the estimators read about the machine;
+this module only holds it and answers questions about it. Reading the host is
+probe.py's job, so the core never imports anything that does I/O.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
-import resource
-from collections.abc import Iterable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple
 
 from ..support.errors import InputError
 from . import sources as host_sources
@@ -48,9 +45,6 @@ DEFAULT_ROM_SIZES: Mapping[str, int] = {
     "OVMF_CODE.fd": 1966080,
     "OVMF_CODE_4M.fd": 3653632,
 }
-
-_ROM_SUFFIXES = host_sources.ROM_SUFFIXES
-
 
 class HostFacts(NamedTuple):
     kernel_release: str | None = None
@@ -118,231 +112,8 @@ def _kernel_version(release: str | None) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def collect(*, extra_files: Iterable[str] = (), probe_qemu: bool = False,
-            probe_libvirt: bool = False, override: Mapping[str, Any] | None = None,
-            data_dirs: Iterable[str] = ()) -> HostFacts:
-    """Read this host; ``override`` (a parsed --host-facts file) wins over what is read.
-
-    ``data_dirs`` are searched for ROM files before the default directories: the hook
-    cannot afford ``qemu -L help`` on every start, so it passes what install-hook learned.
-
-    With ``"probe_host": false`` in the override nothing is read from the host, so
-    a report depends on the file and the built-in defaults alone.
-    """
-    probe_host = True if override is None else bool(override.get("probe_host", True))
-    facts = HostFacts()
-    prov: dict[str, str] = {}
-    if probe_host:
-        facts, prov = _probe(extra_files, probe_qemu, probe_libvirt, tuple(data_dirs))
-    if override:
-        facts = _apply_override(facts, override, prov)
-    return facts._replace(provenance=tuple(sorted(prov.items())))
-
-
-def load_override(path: str) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(1024 * 1024 + 1)
-    except OSError as e:
-        raise InputError(f"cannot read host facts {path}: {e.strerror or e}") from None
-    if len(raw) > 1024 * 1024:
-        raise InputError(f"host facts file {path} is larger than 1 MiB")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InputError(f"host facts file {path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"host facts file {path} must hold a JSON object")
-    return data
-
-
 def parse_version(text: str, *, what: str) -> tuple[int, int, int]:
     m = re.fullmatch(r"\s*(\d{1,4})\.(\d{1,4})(?:\.(\d{1,4}))?\s*", text)
     if not m:
         raise InputError(f"{what} {text[:30]!r} is not a version like 9.0.0")
     return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
-
-
-def _probe(extra_files: Iterable[str], probe_qemu: bool, probe_libvirt: bool,
-           data_dirs: tuple[str, ...] = ()) -> tuple[HostFacts, dict[str, str]]:
-    prov = {"kernel_release": "host", "rom_files": "host"}
-    dirs = list(dict.fromkeys(data_dirs + DEFAULT_DATA_DIRS))
-    qemu_version = None
-    if probe_qemu:
-        found, qemu_version = _qemu_probe()
-        dirs = found + [d for d in dirs if d not in found]
-        if qemu_version:
-            prov["qemu_version"] = "host"
-    dirs = [d for d in dirs if os.path.isdir(d)]
-    libvirt_version = _libvirt_version() if probe_libvirt else None
-    if libvirt_version:
-        prov["libvirt_version"] = "host"
-    inherited = _inherited_memlock()
-    prov["inherited_memlock"] = "host"
-    facts = HostFacts(
-        kernel_release=os.uname().release,
-        vfio_type1_params=_module_params("vfio_iommu_type1"),
-        iommufd_params=_module_params("iommufd"),
-        iommufd_available=os.path.exists("/dev/iommu"),
-        qemu_data_dirs=tuple(dirs),
-        rom_files=_rom_files(dirs, extra_files),
-        libvirt_version=libvirt_version,
-        qemu_version=qemu_version,
-        inherited_memlock=inherited,
-    )
-    return facts, prov
-
-
-def _module_params(module: str) -> tuple[tuple[str, str], ...]:
-    return tuple(host_sources.module_params(module))
-
-
-def _rom_files(dirs: Iterable[str], extra: Iterable[str]) -> tuple[tuple[str, int], ...]:
-    sizes: dict[str, int] = {}
-    for d in dirs:
-        try:
-            entries = os.scandir(d)
-        except OSError:
-            continue
-        with entries:
-            for e in entries:
-                # First directory wins, as in QEMU's qemu_find_file() search order.
-                if e.name.endswith(_ROM_SUFFIXES) and e.name not in sizes:
-                    try:
-                        sizes[e.name] = e.stat().st_size  # follows Debian's symlinks
-                    except OSError:
-                        continue
-    for path in extra:
-        if path and os.path.isabs(path):
-            try:
-                sizes[path] = os.stat(path).st_size
-            except OSError:
-                continue
-    return tuple(sorted(sizes.items()))
-
-
-def _qemu_probe() -> tuple[list[str], tuple[int, int, int] | None]:
-    import subprocess  # 4 ms to import: only the CLI probes QEMU, never the hook
-
-    for binary in ("/usr/bin/qemu-system-x86_64", "/usr/libexec/qemu-kvm"):
-        if not os.access(binary, os.X_OK):
-            continue
-        dirs: list[str] = []
-        version = None
-        try:
-            out = subprocess.run([binary, "-L", "help"], capture_output=True, text=True,
-                                 timeout=5, check=False).stdout
-            dirs = [os.path.normpath(line.strip()) for line in out.splitlines()
-                    if line.strip().startswith("/")]
-            out = subprocess.run([binary, "--version"], capture_output=True, text=True,
-                                 timeout=5, check=False).stdout
-            m = re.search(r"version (\d+)\.(\d+)\.(\d+)", out)
-            if m:
-                version = (int(m.group(1)), int(m.group(2)), int(m.group(3)))
-        except (OSError, subprocess.SubprocessError):
-            pass
-        return dirs, version
-    return [], None
-
-
-def _libvirt_version() -> tuple[int, int, int] | None:
-    try:
-        import libvirt  # type: ignore[import-untyped]
-    except ImportError:
-        return None
-    try:
-        v = int(libvirt.getVersion())
-    except Exception:
-        return None
-    return v // 1_000_000, (v // 1000) % 1000, v % 1000
-
-
-def _inherited_memlock() -> int | None:
-    """RLIMIT_MEMLOCK of the running libvirt daemon, which QEMU inherits; else our own."""
-    found = host_sources.libvirtd_memlock()
-    if found is not None:
-        field = found[1]
-        if field == "unlimited":
-            return None
-        if field.isdigit():
-            return int(field)
-    soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    return None if soft == resource.RLIM_INFINITY else int(soft)
-
-
-_OVERRIDE_KEYS = {
-    "probe_host", "kernel_release", "vfio_iommu_type1", "iommufd", "iommufd_available",
-    "qemu_data_dirs", "rom_sizes", "libvirt_version", "qemu_version",
-    "inherited_memlock_bytes", "nvlink2_bridges",
-}
-
-
-def _apply_override(facts: HostFacts, data: Mapping[str, Any],
-                    prov: dict[str, str]) -> HostFacts:
-    unknown = sorted(set(data) - _OVERRIDE_KEYS)
-    if unknown:
-        raise InputError(f"host facts: unknown key {unknown[0]!r} "
-                         f"(known: {', '.join(sorted(_OVERRIDE_KEYS))})")
-    changes: dict[str, Any] = {}
-
-    def mark(name: str) -> None:
-        prov[name] = "override"
-
-    if "kernel_release" in data:
-        changes["kernel_release"] = _str(data["kernel_release"], "kernel_release")
-        mark("kernel_release")
-    for key, attr_name in (("vfio_iommu_type1", "vfio_type1_params"),
-                           ("iommufd", "iommufd_params")):
-        if key in data:
-            changes[attr_name] = tuple(sorted(
-                (str(k), str(v)) for k, v in _dict(data[key], key).items()))
-            mark(attr_name)
-    if "iommufd_available" in data:
-        changes["iommufd_available"] = bool(data["iommufd_available"])
-        mark("iommufd_available")
-    if "qemu_data_dirs" in data:
-        changes["qemu_data_dirs"] = tuple(_str(d, "qemu_data_dirs")
-                                          for d in _list(data["qemu_data_dirs"], "qemu_data_dirs"))
-    if "rom_sizes" in data:
-        merged = dict(facts.rom_files)
-        for name, size in _dict(data["rom_sizes"], "rom_sizes").items():
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise InputError(f"host facts: rom_sizes[{name!r}] must be a byte count")
-            merged[str(name)] = size
-        changes["rom_files"] = tuple(sorted(merged.items()))
-        mark("rom_files")
-    for key in ("libvirt_version", "qemu_version"):
-        if key in data:
-            v = data[key]
-            changes[key] = None if v is None else parse_version(_str(v, key), what=key)
-            mark(key)
-    if "inherited_memlock_bytes" in data:
-        v = data["inherited_memlock_bytes"]
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
-            raise InputError("host facts: inherited_memlock_bytes must be bytes or null")
-        changes["inherited_memlock"] = v
-        mark("inherited_memlock")
-    if "nvlink2_bridges" in data:
-        changes["nvlink2_bridges"] = tuple(_str(a, "nvlink2_bridges")
-                                           for a in _list(data["nvlink2_bridges"],
-                                                          "nvlink2_bridges"))
-        mark("nvlink2_bridges")
-    return facts._replace(**changes)
-
-
-def _str(v: Any, key: str) -> str:
-    if not isinstance(v, str):
-        raise InputError(f"host facts: {key} must be a string")
-    return v
-
-
-def _dict(v: Any, key: str) -> dict[str, Any]:
-    if not isinstance(v, dict):
-        raise InputError(f"host facts: {key} must be an object")
-    return v
-
-
-def _list(v: Any, key: str) -> list[Any]:
-    if not isinstance(v, list):
-        raise InputError(f"host facts: {key} must be a list")
-    return v
