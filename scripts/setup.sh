@@ -28,11 +28,14 @@ fi
 if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi
-# Reinstall only when pyproject.toml changed since the last install.
+# Reinstall only when pyproject.toml (or the example plugin) changed since the last
+# install. The example plugin is installed but not allowed by any default policy: the
+# tests check that it counts only once a policy allows it (docs/plugins.md).
 stamp=.venv/.memlock-guard-installed
-if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+if [[ ! -f $stamp || pyproject.toml -nt $stamp || -n $(find examples/plugin -newer "$stamp") ]]; then
   .venv/bin/pip install -q --upgrade pip >/dev/null
   .venv/bin/pip install -q -e '.[libvirt,test]' atheris
+  .venv/bin/pip install -q --no-deps ./examples/plugin
   touch "$stamp"
 fi
 echo "setup: ready (.venv/bin/memlock-guard)" >&2

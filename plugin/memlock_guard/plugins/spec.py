@@ -29,13 +29,16 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec
 def memlock_guard_exposures(domain: Domain, host: HostFacts) -> Iterable[Exposure]:
-    """Report the guest-visible mappings this plugin knows about, for one container.
+    """Report what this plugin knows will be charged to QEMU's RLIMIT_MEMLOCK, per container.
 
-    Return every region that QEMU's VFIO listener will map for ``domain`` and that no
-    other plugin reports: RAM is mapped read-write, ROM read-only. Report bytes as one
-    container sees them; the engine multiplies by the number of containers. Split a ROM
-    into its file-backed part (``Backing.FILE_ROM``) and its never-written tail
-    (``Backing.ZERO_FILL``), because tolerant accounting forgives only the latter.
+    Usually: every region that QEMU's VFIO listener will map for ``domain`` and that no
+    other plugin reports (RAM is mapped read-write, ROM read-only). Report bytes as one
+    container sees them; the engine multiplies by the number of containers, unless
+    ``containers`` is set (``containers=1``: pinned once, whatever the count). Split a
+    ROM into its file-backed part (``Backing.FILE_ROM``) and its never-written tail
+    (``Backing.ZERO_FILL``), because tolerant accounting forgives only the latter. A
+    region mapped only during boot carries a ``window`` and a ``region``: within a
+    window, regions are mapped one at a time and only the largest counts.
 
     Must be pure: read ``host`` for anything about the machine, never the file system.
     Return an empty iterable when the domain has nothing of yours. Raising, or returning
