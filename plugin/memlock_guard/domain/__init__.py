@@ -2,7 +2,12 @@
 
 Where is X read? memory.py (memory, memtune, memoryBacking, memory devices),
 hostdev.py, interface.py, disk.py, video.py, firmware.py (os, loader, machine),
-controller.py (pSeries PHBs), rom.py (<rom>), model.py (the Domain itself).
+controller.py (pSeries PHBs), rom.py (<rom>), model.py (the Domain itself, built by
+``Domain.from_xml``; every record here is built by its own ``from_xml``).
+
+Where is X written? edit.py: hard_limit up (swap_hard_limit with it) and our
+``<metadata>`` element, the only edits memlock-guard makes; serialize.py: the result in
+libvirt's own layout.
 """
 
 from .controller import Controller

@@ -11,7 +11,7 @@ The key is a digest of everything a decision reads:
   renumbers on every start; migrate/restore use the XML as is, since their output is
   derived from it);
 - the policy file's path and bytes, and the host-facts cache's bytes;
-- what host.collect() reads cheaply: kernel release, vfio_iommu_type1 and iommufd
+- what host/probe.collect() reads cheaply: kernel release, vfio_iommu_type1 and iommufd
   parameters, /dev/iommu, the names and sizes of ROM files in QEMU's data directories,
   and the RLIMIT_MEMLOCK that libvirtd passes on;
 - this package's version and the mtimes of its files (an edited engine is a new key).
@@ -22,7 +22,7 @@ Not cached: failures (they follow on-error every time, loudly), and anything und
 policy that allows third-party plugins (their code can change under us).
 
 Stdlib only, and cheap to import: this runs before anything heavy is loaded. The
-constants mirroring host.py are checked against it by tests/unit/test_hook.py.
+constants mirroring host/probe.py are checked against it by tests/unit/test_hook.py.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import Any
 
-# What host.py reads, from the same place (host_sources is standard library only).
+# What host/probe.py reads, from the same place (host/sources.py is standard library
+# only).
 DATA_DIRS = host_sources.DATA_DIRS
 ROM_SUFFIXES = host_sources.ROM_SUFFIXES
 MODULES = host_sources.MODULES

@@ -17,7 +17,7 @@ which holds the domain while it waits for us, and never shows libvirt a tracebac
 Host facts are the cheap ones (sysfs, stat of ROM files) plus a JSON cache that
 install-hook writes with the slow ones: the libvirt and QEMU versions and QEMU's data
 directories (``/var/lib/memlock-guard/host-facts.json``, the --host-facts format).
-A decision already made on identical inputs is replayed from decision_cache.py
+A decision already made on identical inputs is replayed from cache.py
 without loading lxml, pluggy or the engine.
 """
 

@@ -1,6 +1,6 @@
 """Where host facts are read from, and the raw readers: standard library only.
 
-Both host.py (which builds HostFacts) and decision_cache.py (which fingerprints the
+Both probe.py (which builds HostFacts) and hook/cache.py (which fingerprints the
 same inputs without importing the engine, on the hook's hot path) read through here,
 so the two can never look at different files.
 """

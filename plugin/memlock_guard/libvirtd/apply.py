@@ -3,7 +3,8 @@
 ``apply_to_xml(xml_text, report)`` takes the persistent definition (as libvirt's
 ``XMLDesc(INACTIVE|SECURE)`` gives it) and the Report judged from that same text, and
 returns what to do, the new XML text and a unified diff. No I/O: the libvirt round trip
-(re-read, compare digests, defineXML) lives in reconcile.py.
+(re-read, compare digests, defineXML) lives in reconcile.py; the XML edit itself is
+domain/edit.py, which the hook's migrate/restore answer uses too.
 
 Rules (ISSUE 4):
 - raise only where the domain is short, to the recommended value

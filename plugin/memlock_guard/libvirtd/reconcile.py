@@ -1,7 +1,7 @@
 """Judge a defined domain and raise its persistent hard_limit, without losing updates.
 
 Shared by ``memlock-guard apply`` and the ``watch`` reconciler. The pure part (what to
-change, and the new XML) is apply.py; this module adds the libvirt round trip:
+change, and the new XML) is libvirtd/apply.py; this module adds the libvirt round trip:
 
 1. read the persistent definition (secrets included) and note its digest;
 2. judge it (policy file + the domain's own <metadata> override + command-line

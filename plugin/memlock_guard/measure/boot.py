@@ -12,7 +12,7 @@ Each mapped range is either guest RAM (the memory backends: ``pc.ram``, ``ram-no
 kvmvapic page) or *non-RAM*: firmware, video RAM BARs, ROM BARs, legacy-window aliases.
 The ledger's non-RAM items are checked against the non-RAM bytes.
 
-Not everything is mapped at once (ledger.py): the firmware maps option-ROM BARs one at
+Not everything is mapped at once (accounting/ledger.py): the firmware maps option-ROM BARs one at
 a time for 1-25 ms during boot, and SeaBIOS's isa-bios alias and pc.rom vanish within
 ~20 ms of the first instruction. A single look at a running VM therefore misses the
 peak; ``measure_boot`` follows a boot instead. It starts the domain paused (the

@@ -1,1 +1,9 @@
-"""TODO"""
+"""The operator's policy: the host file, the per-domain override, and what they set.
+
+- model.py: the ``Policy`` record, its enums, where the host file is, and the Settings
+  and plugin manager a policy gives (no lxml: the hook and daemons hold one);
+- load.py: reading and checking a policy file or a domain's ``<mg:policy>``;
+- grammar.py: schemas/policy.rng, enforced after load.py's own checks;
+- salvage.py: on-error and audit-log read from a policy too broken to parse (standard
+  library only: the hook uses it before anything else is loaded).
+"""
