@@ -14,7 +14,6 @@ from memlock_guard.domain import parse_domain
 from memlock_guard.policy import grammar as policy_grammar
 from memlock_guard.policy import load as pol
 from memlock_guard.policy import model as policy_model
-from memlock_guard.policy import salvage as policy_salvage
 from memlock_guard.support import defaults
 from memlock_guard.support.errors import InputError
 
@@ -243,13 +242,13 @@ def test_a_broken_file_still_says_how_to_fail(tmp_path: Path):
 
 
 def test_salvage_reads_even_a_document_that_is_not_xml():
-    got = policy_salvage.salvage(b"<policy><on-error> refuse </on-error")
+    got = defaults.salvage(b"<policy><on-error> refuse </on-error")
     assert got == (policy_model.OnError.REFUSE, None)
 
 
 def test_salvage_gives_up_on_contradictions():
     data = b"<on-error>refuse</on-error><on-error>allow</on-error>"
-    assert policy_salvage.salvage(data) == (None, None)
+    assert defaults.salvage(data) == (None, None)
 
 
 # -- the per-domain override ----------------------------------------------------------------

@@ -137,8 +137,7 @@ def _provisional_policy(progress: Progress, policy_path: str | None) -> None:
     """
     import stat
 
-    from ..policy.salvage import salvage
-    from ..support.defaults import MAX_POLICY_BYTES
+    from ..support.defaults import MAX_POLICY_BYTES, salvage
 
     try:
         fd = os.open(policy_path or POLICY_PATH, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)

@@ -36,7 +36,7 @@ from lxml import etree
 
 from ..accounting.modes import Mode
 from ..support import xmlsafe
-from ..support.defaults import MAX_POLICY_BYTES, POLICY_NS
+from ..support.defaults import MAX_POLICY_BYTES, POLICY_NS, salvage
 from ..support.errors import InputError
 from ..support.units import parse_scaled
 from . import grammar
@@ -50,7 +50,6 @@ from .model import (
     PolicyError,
     policy_path,
 )
-from .salvage import salvage
 
 if TYPE_CHECKING:
     from ..domain import Domain

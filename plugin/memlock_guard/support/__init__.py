@@ -1,7 +1,7 @@
 """What every layer leans on; nothing here imports another part of memlock-guard.
 
 - defaults.py: every shared fact, defined once: paths, size caps, namespaces, the
-  default margin, the patterns that read a broken policy;
+  default margin, and the rule that reads on-error and audit-log from a broken policy;
 - errors.py: the exceptions that cross modules (InputError is one line, exit 2);
 - units.py: libvirt scaled integers and human-readable sizes;
 - xmlsafe.py: the one hardened XML parser (size, encoding, element and DTD limits);

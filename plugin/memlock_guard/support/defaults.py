@@ -71,6 +71,27 @@ DEFAULT_MARGIN = 64 * MiB  # added to every recommended hard_limit
 
 # A policy file too broken to parse must still be able to say <on-error>refuse</on-error>
 # and where its audit log is. These read the two values textually, with or without a
-# namespace prefix; only a single unambiguous value counts (policy/salvage.py).
+# namespace prefix; salvage() below is the one rule that applies them.
 SALVAGE_ON_ERROR = rb"<(?:[A-Za-z_][\w.-]*:)?on-error\s*>\s*(allow|refuse)\s*<"
 SALVAGE_AUDIT_LOG = rb"<(?:[A-Za-z_][\w.-]*:)?audit-log\s*>\s*(/[^<>\x00-\x1f]{0,4000}?)\s*<"
+
+
+def salvage(data: bytes) -> tuple[str | None, str | None]:
+    """(on-error, audit-log) read textually from a policy's bytes; only an unambiguous
+    single value counts, anything else gives None (the defaults).
+
+    The hook calls this before it has read the domain XML (and before lxml is loaded),
+    so that a stuck stdin, or a domain XML too large to read, is still answered with the
+    operator's on-error and audit log; policy/load.py calls it when a policy file does
+    not parse or validate. Here, beside its patterns, because the hook's cheapest path
+    imports this module anyway.
+    """
+    import re
+
+    def one(pattern: bytes) -> str | None:
+        found = set(re.findall(pattern, data[:MAX_POLICY_BYTES]))
+        if len(found) != 1:
+            return None
+        return bytes(found.pop()).decode("ascii", "replace")
+
+    return one(SALVAGE_ON_ERROR), one(SALVAGE_AUDIT_LOG)
