@@ -9,6 +9,7 @@ Domains defined through the helper are undefined afterwards.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,44 @@ def short_xml(name: str, description: str = "original") -> str:
 
 @dataclass
 class Driver:
+    """``define`` and ``edit`` return once libvirt has delivered their DEFINED event.
+
+    Delivery is asynchronous: a watcher that subscribes after a define, but before the
+    event loop dispatched that define's event, would still receive it and judge the
+    domain once more than the test meant. Waiting for our own copy of the event (every
+    subscriber gets it in the same dispatch) keeps each test's events its own.
+    """
+
     conn: Any
     tmp: Path
     defined: list[str] = field(default_factory=list)
+    _seen: dict[str, int] = field(default_factory=dict)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def __post_init__(self) -> None:
+        import libvirt  # type: ignore[import-untyped]
+
+        def on_event(_conn: Any, dom: Any, event: int, _detail: int, _opaque: Any) -> None:
+            if event == libvirt.VIR_DOMAIN_EVENT_DEFINED:
+                with self._cond:
+                    self._seen[dom.UUIDString()] = self._seen.get(dom.UUIDString(), 0) + 1
+                    self._cond.notify_all()
+
+        self.conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                         on_event, None)
+
+    def _define_and_settle(self, xml: str) -> Any:
+        with self._cond:
+            before = dict(self._seen)
+        dom = self.conn.defineXML(xml)
+        uuid = dom.UUIDString()
+        with self._cond:
+            assert self._cond.wait_for(lambda: self._seen.get(uuid, 0) > before.get(uuid, 0),
+                                       timeout=10), "libvirt delivered no DEFINED event"
+        return dom
 
     def define(self, xml: str) -> Any:
-        dom = self.conn.defineXML(xml)
+        dom = self._define_and_settle(xml)
         self.defined.append(dom.name())
         return dom
 
@@ -48,7 +81,7 @@ class Driver:
         """What ``virsh edit`` does: dump the definition, change it, define it again."""
         xml = self.xml(name)
         assert old in xml, f"{old!r} not in {name}'s definition"
-        self.conn.defineXML(xml.replace(old, new, 1))
+        self._define_and_settle(xml.replace(old, new, 1))
 
     def xml(self, name: str) -> str:
         return str(self.conn.lookupByName(name).XMLDesc(1 | 2))
