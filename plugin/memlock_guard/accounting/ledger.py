@@ -144,13 +144,6 @@ class Ledger(NamedTuple):
         (window, region), charge = max(regions.items(), key=lambda kv: kv[1])
         return window, region, charge
 
-    def charged_of(self, backing: Backing) -> int:
-        return sum(i.charged for i in self.items if i.backing is backing)
-
-    def bytes_of(self, kind: Kind) -> int:
-        """Bytes of one kind as a single container maps them (no multiplication)."""
-        return sum(i.bytes for i in self.items if i.kind is kind)
-
     @property
     def non_ram_bytes(self) -> int:
         return sum(i.bytes for i in self.items if i.kind is not Kind.RAM)

@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from ..support.defaults import HOOK_DROP_IN, HOOK_MAIN_SCRIPT, HOOKS_DIR
+
 HELP = "install the libvirt qemu hook that checks every VM start (then restart libvirtd)"
 DESCRIPTION = """\
 Installs hooks/qemu as /etc/libvirt/hooks/qemu.d/50-memlock-guard (libvirt >= 6.5 runs
@@ -40,9 +42,9 @@ examples:
 
 exit status: 0 installed, 1 refused (a foreign hook is in the way), 2 bad input."""
 
-DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks"
-DROP_IN = os.path.join("qemu.d", "50-memlock-guard")
-MAIN_SCRIPT = "qemu"
+DEFAULT_HOOKS_DIR = HOOKS_DIR
+DROP_IN = HOOK_DROP_IN
+MAIN_SCRIPT = HOOK_MAIN_SCRIPT
 BACKUP_SUFFIX = ".pre-memlock-guard"
 # The template's first comment line; uninstall-hook removes only files that carry it.
 MARKER = "# memlock-guard-hook: managed by"

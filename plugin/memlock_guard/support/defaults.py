@@ -46,7 +46,6 @@ HOOK_MAIN_SCRIPT = "qemu"
 
 # The policy file's root and a domain's <metadata><mg:policy> override.
 POLICY_NS = "urn:memlock-guard:policy:1"
-POLICY_PREFIX = "mg"
 # apply's provenance, <metadata><mga:applied>. A namespace of its own: libvirt keeps
 # at most one <metadata> child per namespace (virXMLNodeSanitizeNamespaces), so it
 # could not sit beside an <mg:policy> override.
