@@ -84,7 +84,7 @@ class Backoff:
     """How long to keep trying to connect, and how fast to back off."""
 
     initial: float = 0.2  # seconds before the first retry
-    maximum: float = 2.0  # cap on one wait
+    maximum: float = 2.0  # cap on one wait, before the jitter
     jitter: float = 0.2  # up to this much random extra per wait
     give_up_after: float | None = 3.0  # seconds; None: keep trying (the reconciler)
 
@@ -118,8 +118,10 @@ def connect(uri: str = DEFAULT_URI, *, backoff: Backoff = CLI_BACKOFF,
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(is_connection_error),
-        wait=tenacity.wait_exponential_jitter(multiplier=backoff.initial,
-                                              max=backoff.maximum, jitter=backoff.jitter),
+        # Not wait_exponential_jitter: its first argument is 'initial' in tenacity 8
+        # (Debian 12) and 'multiplier' in 9, which deprecates 'initial'.
+        wait=(tenacity.wait_exponential(multiplier=backoff.initial, max=backoff.maximum)
+              + tenacity.wait_random(0, backoff.jitter)),
         stop=tenacity.stop_any(*stops) if stops else tenacity.stop_never,
         sleep=_interruptible_sleep(stop),
         before_sleep=before_sleep,

@@ -166,7 +166,8 @@ def _describe(e: etree.XMLSyntaxError) -> str:
         where = f" (line {pos[0]}, column {pos[1]})"
     if "Excessive depth" in msg:
         return f"nests elements more than {MAX_DEPTH} levels deep{where}"
-    if "Invalid bytes in character encoding" in msg:
+    # libxml2 2.10+ says the first, 2.9 (Debian 12's python3-lxml) the second.
+    if "Invalid bytes in character encoding" in msg or "Input is not proper UTF-8" in msg:
         return f"is not valid UTF-8{where}"
     if "Buffer size limit exceeded" in msg or "Resource limit exceeded" in msg:
         return f"has a tag, text or attribute value beyond the parser's size limit{where}"
