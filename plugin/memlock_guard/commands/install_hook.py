@@ -30,6 +30,11 @@ policy, the host facts and memlock-guard itself are all unchanged.
 libvirt looks for hooks only when the daemon starts, so restart libvirtd (or virtqemud
 on modular deployments) afterwards.
 
+Where the memlock-guard .deb or .rpm is installed, the package already put the hook in
+qemu.d/ (and upgrades and removes it): install-hook then says so, refreshes the host
+facts cache, and writes no second copy. --print writes the hook to stdout instead of
+installing it; that is how the packages build theirs.
+
 --as-main-script installs it as the top-level 'qemu' script instead, for setups that
 only mount that one file (OpenStack-Helm). An existing 'qemu' that is not ours is never
 replaced silently: install-hook stops, unless --force, which moves it to
@@ -40,7 +45,8 @@ examples:
   memlock-guard install-hook --policy /etc/memlock-guard/gpu-hosts.xml
   memlock-guard install-hook --as-main-script --hooks-dir /var/lib/openstack-helm/hooks
 
-exit status: 0 installed, 1 refused (a foreign hook is in the way), 2 bad input."""
+exit status: 0 installed (or the package's hook is in place), 1 refused (a foreign hook is
+in the way), 2 bad input."""
 
 DEFAULT_HOOKS_DIR = HOOKS_DIR
 DROP_IN = HOOK_DROP_IN
@@ -74,6 +80,11 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "scratch every time (default %(default)s)")
     p.add_argument("--python", metavar="PATH", default=sys.executable,
                    help="interpreter the hook runs with (default: this one, %(default)s)")
+    p.add_argument("--print", action="store_true", dest="print_hook",
+                   help="write the hook to stdout instead of installing it; nothing else "
+                        "is touched (packages build their hook with this)")
+    # For the packages' postinst: the facts cache (and an emptied decision cache) alone.
+    p.add_argument("--facts-only", action="store_true", help=argparse.SUPPRESS)
 
 
 def is_ours(path: str) -> bool:
@@ -83,6 +94,48 @@ def is_ours(path: str) -> bool:
     except OSError:
         return False
     return MARKER.encode() in head
+
+
+def packaged_by(path: str) -> str | None:
+    """The system package that owns ``path``, e.g. 'memlock-guard (dpkg)', or None.
+
+    The .deb and the .rpm install the hook themselves (a symlink in qemu.d/ to the
+    rendered hooks/qemu) and upgrade and remove it with the package: install-hook must
+    not write over it or beside it, nor uninstall-hook delete it. Asked of dpkg and rpm,
+    whichever are installed; a tool that fails or is missing counts as 'not owned'.
+    """
+    import shutil
+    import subprocess
+
+    if not os.path.lexists(path):
+        return None
+    for tool, args in (("dpkg-query", ["-S"]), ("rpm", ["-qf", "--qf", "%{NAME}\\n"])):
+        exe = shutil.which(tool)
+        if exe is None:
+            continue
+        try:
+            p = subprocess.run([exe, *args, path], capture_output=True, text=True,
+                               timeout=30, check=False)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if p.returncode != 0:
+            continue
+        for line in p.stdout.splitlines():
+            # dpkg-query -S: "pkg1, pkg2: /path" (or "diversion by ..."); rpm: "name".
+            name = line.rsplit(": ", 1)[0] if tool == "dpkg-query" else line
+            if name.strip() and not name.startswith("diversion "):
+                return f"{name.strip()} ({tool.split('-')[0]})"
+    return None
+
+
+def packaged_hook(hooks_dir: str) -> tuple[str, str] | None:
+    """(path, owner) of a hook in ``hooks_dir`` that a system package installed."""
+    for rel in (DROP_IN, MAIN_SCRIPT):
+        path = os.path.join(hooks_dir, rel)
+        owner = packaged_by(path) if is_ours(path) else None
+        if owner:
+            return path, owner
+    return None
 
 
 def render(python: str, policy_path: str | None, facts_path: str | None,
@@ -168,7 +221,6 @@ def _daemon_version() -> tuple[int, int, int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..policy import load as pol
     from ..support import defaults
     from ..support.errors import InputError
     from ..support.files import write_atomically
@@ -177,6 +229,23 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.isabs(python) or not os.access(python, os.X_OK):
         raise InputError(f"--python {python!r} is not an absolute path to an executable")
     policy_path = os.path.abspath(args.policy) if args.policy else None
+    cache_dir = None if args.decision_cache in ("", "none") else \
+        os.path.abspath(args.decision_cache)
+    if args.print_hook:
+        sys.stdout.write(render(python, policy_path, args.facts_cache, cache_dir))
+        return 0
+    from ..policy import load as pol
+
+    hooks_dir = os.path.abspath(args.hooks_dir)
+    packaged = None if args.facts_only else packaged_hook(hooks_dir)
+    if args.facts_only or packaged:
+        if packaged:
+            print(f"{packaged[0]} was installed by the {packaged[1]} package, which "
+                  f"upgrades and removes it: not writing a second copy (the package's hook "
+                  f"reads {defaults.POLICY_PATH}; --policy, --python and --as-main-script do not "
+                  f"apply to it)")
+        _refresh_caches(args.facts_cache, cache_dir)
+        return 0
     notes: list[str] = []
     shown_policy = policy_path or defaults.POLICY_PATH
     if os.path.exists(shown_policy):
@@ -191,7 +260,6 @@ def run(args: argparse.Namespace) -> int:
         notes.append(f"no policy at {defaults.POLICY_PATH}: the built-in defaults apply (mode "
                      f"auto, on-shortfall refuse, on-error allow)")
 
-    hooks_dir = os.path.abspath(args.hooks_dir)
     target = os.path.join(hooks_dir, MAIN_SCRIPT if args.as_main_script else DROP_IN)
     other = os.path.join(hooks_dir, DROP_IN if args.as_main_script else MAIN_SCRIPT)
     if os.path.lexists(target) and not is_ours(target):
@@ -208,8 +276,6 @@ def run(args: argparse.Namespace) -> int:
         os.rename(target, backup)
         notes.append(f"moved the existing {target} to {backup} (uninstall-hook restores it)")
 
-    cache_dir = None if args.decision_cache in ("", "none") else \
-        os.path.abspath(args.decision_cache)
     text = render(python, policy_path, args.facts_cache, cache_dir)
     os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
     write_atomically(target, text, 0o755)
@@ -218,15 +284,7 @@ def run(args: argparse.Namespace) -> int:
         os.unlink(other)  # two copies would judge every start twice
         print(f"removed the earlier {other}")
 
-    if cache_dir:
-        from ..hook.cache import clear
-
-        clear(cache_dir)  # answers of an earlier engine or policy must not be replayed
-    facts = cache_host_facts(args.facts_cache) if args.facts_cache else {}
-    if facts:
-        print(f"cached host facts in {args.facts_cache}: libvirt "
-              f"{facts.get('libvirt_version') or 'unknown'}, QEMU "
-              f"{facts.get('qemu_version') or 'unknown'}")
+    facts = _refresh_caches(args.facts_cache, cache_dir)
     version = facts.get("libvirt_version")
     if (not args.as_main_script and isinstance(version, str)
             and tuple(int(x) for x in version.split(".")[:2]) < (6, 5)):
@@ -237,3 +295,17 @@ def run(args: argparse.Namespace) -> int:
     print("libvirt looks for hooks only when it starts: restart libvirtd (or virtqemud) "
           "now, e.g. 'systemctl restart libvirtd'.")
     return 0
+
+
+def _refresh_caches(facts_cache: str | None, cache_dir: str | None) -> dict[str, object]:
+    """Empty the decision cache and write the host facts cache; the facts written."""
+    if cache_dir:
+        from ..hook.cache import clear
+
+        clear(cache_dir)  # answers of an earlier engine or policy must not be replayed
+    facts = cache_host_facts(facts_cache) if facts_cache else {}
+    if facts:
+        print(f"cached host facts in {facts_cache}: libvirt "
+              f"{facts.get('libvirt_version') or 'unknown'}, QEMU "
+              f"{facts.get('qemu_version') or 'unknown'}")
+    return facts

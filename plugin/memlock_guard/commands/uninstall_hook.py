@@ -11,7 +11,8 @@ Removes DIR/qemu.d/50-memlock-guard and DIR/qemu when, and only when, they carry
 install-hook's marker line; a hook that memlock-guard did not write is left alone. A
 top-level qemu script that 'install-hook --as-main-script --force' moved aside
 (qemu.pre-memlock-guard) is put back. The host facts and decision caches go too. The policy file
-and the audit log stay: they are the operator's.
+and the audit log stay: they are the operator's. A hook that the memlock-guard .deb or
+.rpm installed stays too, with its caches: the package manager removes it.
 
 libvirt keeps running the hooks it found at start-up until it restarts, so restart
 libvirtd (or virtqemud) afterwards.
@@ -36,16 +37,23 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .install_hook import BACKUP_SUFFIX, DROP_IN, MAIN_SCRIPT, is_ours
+    from .install_hook import BACKUP_SUFFIX, DROP_IN, MAIN_SCRIPT, is_ours, packaged_by
 
     hooks_dir = os.path.abspath(args.hooks_dir)
     removed = 0
+    packaged = False
     for rel in (DROP_IN, MAIN_SCRIPT):
         path = os.path.join(hooks_dir, rel)
         if not os.path.lexists(path):
             continue
         if not is_ours(path):
             print(f"left {path} alone: memlock-guard did not install it")
+            continue
+        owner = packaged_by(path)
+        if owner:
+            packaged = True
+            print(f"left {path} alone: the {owner} package installed it; removing the "
+                  f"package removes it")
             continue
         os.unlink(path)
         removed += 1
@@ -54,10 +62,11 @@ def run(args: argparse.Namespace) -> int:
         if rel == MAIN_SCRIPT and os.path.lexists(backup) and not os.path.lexists(path):
             os.rename(backup, path)
             print(f"restored {path} from {backup}")
-    if args.facts_cache and os.path.exists(args.facts_cache):
+    # The package's hook, when there is one, still reads the caches.
+    if not packaged and args.facts_cache and os.path.exists(args.facts_cache):
         os.unlink(args.facts_cache)
         print(f"removed {args.facts_cache}")
-    if args.decision_cache and os.path.isdir(args.decision_cache):
+    if not packaged and args.decision_cache and os.path.isdir(args.decision_cache):
         from ..hook.cache import clear
 
         clear(args.decision_cache)
@@ -69,6 +78,6 @@ def run(args: argparse.Namespace) -> int:
     if removed:
         print("libvirt keeps the hooks it found at start-up: restart libvirtd (or "
               "virtqemud) now, e.g. 'systemctl restart libvirtd'.")
-    else:
+    elif not packaged:
         print(f"no memlock-guard hook in {hooks_dir}: nothing to remove")
     return 0
