@@ -57,10 +57,14 @@ if [[ ! -f $stamp || pyproject.toml -nt $stamp || -n $(find examples/plugin -new
 fi
 if ((with_packaging)); then
   stamp=.venv-debian/.memlock-guard-installed
-  if [[ ! -x .venv-debian/bin/python || ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+  if [[ ! -x .venv-debian/bin/python || ! -f $stamp || pyproject.toml -nt $stamp ||
+        -n $(find examples/plugin -newer "$stamp") ]]; then
     rm -rf .venv-debian
     /usr/bin/python3 -m venv --system-site-packages .venv-debian
     .venv-debian/bin/python -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
+    # The example plugin too: its tests load it through Debian's pluggy 1.0.
+    .venv-debian/bin/python -m pip install -q --no-deps --no-build-isolation \
+      ./examples/plugin >/dev/null
     touch "$stamp"
   fi
 fi

@@ -351,7 +351,7 @@ def test_an_upgrade_from_the_previous_version_keeps_an_edited_policy(
     assert "memlock-guard: the hook /etc/libvirt/hooks/qemu.d/50-memlock-guard is upgraded" \
         in p.stdout
     p = on_host("/usr/bin/python3", "-c",
-                "from memlock_guard import policy; print(policy.load().on_shortfall)")
+                "from memlock_guard.policy import load; print(load.load().on_shortfall)")
     assert p.stdout.strip() == "warn", p.stderr
     assert os.readlink(HOOK) == HOOK_TARGET and os.access(HOOK, os.X_OK)
 

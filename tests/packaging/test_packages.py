@@ -79,16 +79,17 @@ def test_what_the_deb_installs(deb: Built, deb_tree: Path, rendered_hook: str):
 def test_the_packaged_policy_is_the_built_in_defaults(deb_tree: Path):
     """Loaded by the package's own loader, as shipped and with every setting uncommented:
     the comments show the defaults, so both must equal them."""
-    from memlock_guard import policy as pol
+    from memlock_guard.policy import load as pol
+    from memlock_guard.policy.model import DEFAULTS, Policy
 
     path = deb_tree / POLICY.lstrip("/")
     shipped = pol.load(str(path))
-    assert shipped._replace(origin=pol.DEFAULTS.origin) == pol.DEFAULTS
+    assert shipped._replace(origin=DEFAULTS.origin) == DEFAULTS
     text = path.read_text()
     setting = re.compile(r"^(\s*)<!-- (<[a-z-]+[ />].*?) -->$", re.M)
-    assert len(setting.findall(text)) == len(pol.Policy._fields) - 2  # less origin, overridden
+    assert len(setting.findall(text)) == len(Policy._fields) - 2  # less origin, overridden
     uncommented = pol.parse(setting.sub(r"\1\2", text).encode(), what="uncommented")
-    assert uncommented._replace(origin=pol.DEFAULTS.origin) == pol.DEFAULTS
+    assert uncommented._replace(origin=DEFAULTS.origin) == DEFAULTS
     assert "--" not in re.sub(r"<!--|-->", "", text)  # XML comments cannot hold it
 
 
