@@ -102,6 +102,12 @@ BAD_EXPOSURES = {
                             "printable line"),
     "a 1 MB source": (lambda: [Exposure("x" * 10**6, 1, Backing.ANON, False, Kind.OTHER)],
                       "printable line"),
+    "a mapping no measurement can join": (
+        lambda: [Exposure("x", 1, Backing.ANON, False, Kind.OTHER, mapping="net 0/bar6")],
+        "invalid mapping"),
+    "a mapping that is not a string": (
+        lambda: [Exposure("x", 1, Backing.ANON, False, Kind.OTHER, mapping=6)],  # type: ignore[arg-type]
+        "invalid mapping"),
 }
 
 

@@ -21,7 +21,7 @@ import pluggy
 from ..domain import Domain
 from ..host.facts import HostFacts
 from ..support.units import MAX_BYTES
-from .ledger import Backing, Exposure, Kind, Ledger, LedgerItem, Window
+from .ledger import Backing, Exposure, Kind, Ledger, LedgerItem, Window, valid_mapping
 
 # The built-in estimators, in registration order (the ledger lists their items in this
 # order). Named, not imported: the engine calls them directly when no third-party plugin
@@ -111,7 +111,7 @@ def _ledger(reasons: tuple[str, ...], exposures: list[Exposure],
     n = len(reasons)
     items = tuple([
         LedgerItem(e.source, e.bytes, e.backing, e.readonly, e.kind, e.window, e.region,
-                   n if e.containers is None else min(e.containers, n), e.note)
+                   n if e.containers is None else min(e.containers, n), e.note, e.mapping)
         for e in exposures])
     return Ledger(items, n, reasons, excluded)
 
@@ -209,6 +209,9 @@ def _invalid(got: list[Any], *, third_party: bool) -> str | None:
         if e.note is not None and (type(e.note) is not str
                                    or (third_party and len(e.note) > MAX_NOTE_CHARS)):
             return f"returned an invalid note for {_short(e.source)}"
+        if e.mapping is not None and (type(e.mapping) is not str
+                                      or not valid_mapping(e.mapping)):
+            return f"returned an invalid mapping for {_short(e.source)}"
     return None
 
 

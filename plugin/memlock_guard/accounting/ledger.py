@@ -15,6 +15,7 @@ window is a phase of its own; items without a window are always mapped.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -41,6 +42,35 @@ class Window(StrEnum):
     PRE_FIRMWARE = "pre-firmware"  # mapped together until the firmware shadows itself
 
 
+# The join key between a ledger item and what QEMU maps (``Exposure.mapping``), stable
+# across releases because both halves are QEMU's own names:
+#   "pc.bios", "isa-bios", "pc.rom"  machine regions, named as QEMU names them;
+#   "ALIAS/barN"                     BAR N of the PCI device whose QEMU id is ALIAS (libvirt's
+#                                    device alias); N = 6 is the expansion ROM (PCI_ROM_SLOT);
+#   "ALIAS/vga-window"               that device's RAM seen through the legacy VGA window.
+# Several items may share one key (a ROM BAR's file part and its tail); their bytes add
+# up to the mapping's size.
+MACHINE_MAPPINGS = ("pc.bios", "isa-bios", "pc.rom")
+ROM_BAR = 6  # PCI_ROM_SLOT
+VGA_WINDOW = "vga-window"
+
+
+# QEMU's id_wellformed() (util/id.c): a letter, then letters, digits, '-', '.', '_'.
+_MAPPING = re.compile(r"(?:pc\.bios|isa-bios|pc\.rom|[A-Za-z][A-Za-z0-9._-]{0,127}"
+                      r"/(?:bar[0-6]|vga-window))")
+
+
+def device_mapping(alias: str | None, what: int | str) -> str | None:
+    """``ALIAS/barN`` for a BAR index, ``ALIAS/WHAT`` otherwise; None when the alias is
+    missing or could not be a QEMU device id."""
+    key = f"{alias}/bar{what}" if isinstance(what, int) else f"{alias}/{what}"
+    return key if alias and valid_mapping(key) else None
+
+
+def valid_mapping(key: str) -> bool:
+    return _MAPPING.fullmatch(key) is not None
+
+
 class Exposure(NamedTuple):
     source: str  # e.g. "video0 qxl-vga ram BAR0"
     bytes: int
@@ -54,6 +84,9 @@ class Exposure(NamedTuple):
     # None: pinned by every container. Set only for a mapping some containers skip.
     containers: int | None = None
     note: str | None = None  # an assumption the number rests on (e.g. a default size)
+    # Which QEMU mapping the bytes are part of, so a measurement can be joined to the
+    # item (see MAPPING_KEYS below); None when unknown (e.g. a device without an alias).
+    mapping: str | None = None
 
     @property
     def transient(self) -> bool:
@@ -70,6 +103,7 @@ class LedgerItem(NamedTuple):
     region: str | None
     containers: int
     note: str | None = None
+    mapping: str | None = None
 
     @property
     def transient(self) -> bool:

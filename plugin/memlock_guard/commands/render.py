@@ -32,7 +32,8 @@ def to_dict(r: Report) -> dict[str, Any]:
              "readonly": i.readonly, "transient": i.transient,
              "window": i.window.value if i.window else None, "containers": i.containers,
              "kind": i.kind.value, "charged_bytes": i.charged,
-             **({"note": i.note} if i.note else {})}
+             **({"note": i.note} if i.note else {}),
+             **({"mapping": i.mapping} if i.mapping else {})}
             for i in r.ledger.items],
         "containers": {"count": r.ledger.containers, "reasons": list(r.ledger.container_reasons)},
         "required_bytes": {"strict": v.required_strict, "tolerant": v.required_tolerant},

@@ -45,7 +45,7 @@ def memlock_guard_exposures(domain: Domain, host: HostFacts) -> Iterable[Exposur
         if _pflash_has_isa_bios_copy(domain, host):
             out.append(Exposure("isa-bios (RAM copy of the pflash top)", ISA_BIOS_MAX,
                                 Backing.FILE_ROM, readonly=True, kind=Kind.FIRMWARE,
-                                note="QEMU < 9.1 or machine type <= 9.0"))
+                                note="QEMU < 9.1 or machine type <= 9.0", mapping="isa-bios"))
     else:
         if kind == "rom" and domain.firmware.loader_path:
             name = domain.firmware.loader_path
@@ -58,14 +58,16 @@ def memlock_guard_exposures(domain: Domain, host: HostFacts) -> Iterable[Exposur
         elif origin == "default":
             note = f"{name} not found on this host: size from the built-in table"
         out.append(Exposure(f"pc.bios ({_base(name)})", size, Backing.FILE_ROM, readonly=True,
-                            kind=Kind.FIRMWARE, note=note))
+                            kind=Kind.FIRMWARE, note=note, mapping="pc.bios"))
         out.append(Exposure("isa-bios (alias of the pc.bios top, mapped again)",
                             min(size, ISA_BIOS_MAX), Backing.FILE_ROM, readonly=True,
-                            kind=Kind.FIRMWARE, window=shadowed, region="pre-firmware"))
+                            kind=Kind.FIRMWARE, window=shadowed, region="pre-firmware",
+                            mapping="isa-bios"))
     if family in PC_FAMILIES or family == "other":
         out.append(Exposure("pc.rom (option ROM space, never written)", PC_ROM_SIZE,
                             Backing.ZERO_FILL, readonly=True, kind=Kind.FIRMWARE,
-                            window=shadowed, region="pre-firmware" if shadowed else None))
+                            window=shadowed, region="pre-firmware" if shadowed else None,
+                            mapping="pc.rom"))
     return out
 
 

@@ -42,14 +42,16 @@ def memlock_guard_exposures(domain: Domain, host: HostFacts) -> Iterable[Exposur
             continue
         if nic.is_vfio:
             if nic.rom.file:
-                out += rom_bar(host, nic.rom.file, f"{label} (hostdev)")
+                out += rom_bar(host, nic.rom.file, f"{label} (hostdev)", alias=nic.alias)
             continue
         romfile = nic.rom.file or _default_rom(domain, nic)
         if romfile:
-            out += rom_bar(host, romfile, f"{label} {nic.model or _default_model(domain, nic)}")
+            out += rom_bar(host, romfile, f"{label} {nic.model or _default_model(domain, nic)}",
+                           alias=nic.alias)
     for j, dev in enumerate(domain.hostdevs):
         if dev.is_vfio and dev.type == "pci" and dev.rom.file and not dev.rom.suppressed:
-            out += rom_bar(host, dev.rom.file, f"hostdev {dev.alias or dev.source or j}")
+            out += rom_bar(host, dev.rom.file, f"hostdev {dev.alias or dev.source or j}",
+                           alias=dev.alias)
     return out
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from ..accounting.ledger import Backing, Exposure, Kind
+from ..accounting.ledger import VGA_WINDOW, Backing, Exposure, Kind, device_mapping
 from ..domain import Domain, Video
 from ..host.facts import HostFacts
 from ..plugins.spec import hookimpl
@@ -62,32 +62,35 @@ def memlock_guard_exposures(domain: Domain, host: HostFacts) -> Iterable[Exposur
         alias = LOW_ALIAS.get(video.model or "") if video.primary else None
         if alias:
             out.append(Exposure(f"{label} legacy VGA window alias (graphics modes)", alias,
-                                Backing.DEVICE_RAM, readonly=False, kind=Kind.VIDEO))
+                                Backing.DEVICE_RAM, readonly=False, kind=Kind.VIDEO,
+                                mapping=device_mapping(video.alias, VGA_WINDOW)))
         # A secondary qxl/virtio is the non-VGA variant, which has no VGA BIOS.
         bios = VGA_BIOS.get(video.model or "") if video.primary else None
         if bios:
-            out += rom_bar(host, bios, label, kind=Kind.VIDEO)
+            out += rom_bar(host, bios, label, kind=Kind.VIDEO, alias=video.alias)
     return out
 
 
 def _ram_bars(v: Video, label: str) -> list[Exposure]:
     model = v.model or ""
 
-    def bar(name: str, size: int, readonly: bool = False) -> Exposure:
+    def bar(name: str, size: int, index: int, readonly: bool = False) -> Exposure:
         return Exposure(f"{label} {name}", size, Backing.DEVICE_RAM, readonly=readonly,
-                        kind=Kind.VIDEO)
+                        kind=Kind.VIDEO, mapping=device_mapping(v.alias, index))
 
+    # BAR indices: pci_register_bar() in hw/display/vga-pci.c, cirrus_vga.c,
+    # bochs-display.c, vmware_vga.c, virtio-vga.c (QEMU 7.2).
     if model == "vga":
-        return [bar("VGA vram", _vga_vram(v.vram or DEFAULT_VRAM["vga"]))]
+        return [bar("VGA vram", _vga_vram(v.vram or DEFAULT_VRAM["vga"]), 0)]
     if model == "cirrus":
-        return [bar("cirrus-vga vram (fixed 4 MiB)", CIRRUS_VRAM)]
+        return [bar("cirrus-vga vram (fixed 4 MiB)", CIRRUS_VRAM, 0)]
     if model == "bochs":
-        return [bar("bochs-display vram", pow2ceil(v.vram or DEFAULT_VRAM["bochs"]))]
+        return [bar("bochs-display vram", pow2ceil(v.vram or DEFAULT_VRAM["bochs"]), 0)]
     if model == "vmvga":
-        return [bar("vmware-svga vram", _vga_vram(v.vram or DEFAULT_VRAM["vmvga"])),
-                bar("vmware-svga FIFO", VMSVGA_FIFO)]
+        return [bar("vmware-svga vram", _vga_vram(v.vram or DEFAULT_VRAM["vmvga"]), 1),
+                bar("vmware-svga FIFO", VMSVGA_FIFO, 2)]
     if model == "virtio":
-        return [bar("virtio-vga vram", VIRTIO_VGA_VRAM)] if v.primary else []
+        return [bar("virtio-vga vram", VIRTIO_VGA_VRAM, 0)] if v.primary else []
     if model == "qxl":
         return _qxl(v, bar)
     return []
@@ -109,8 +112,9 @@ def _qxl(v: Video, bar: Callable[..., Exposure]) -> list[Exposure]:
     vram32 = pow2ceil(max(v.vram or DEFAULT_VRAM["qxl"], 4096))
     vram64 = pow2ceil(max(v.vram64 or 0, vram32))
     name = "qxl-vga" if v.primary else "qxl"
-    out = [bar(f"{name} ram BAR0", ram), bar(f"{name} vram32 BAR1 (alias)", vram32)]
+    # QXL_RAM/VRAM/ROM_RANGE_INDEX (spice-protocol qxl_dev.h) and QXL_VRAM64_RANGE_INDEX.
+    out = [bar(f"{name} ram BAR0", ram, 0), bar(f"{name} vram32 BAR1 (alias)", vram32, 1)]
     if vram64 > vram32:
-        out.append(bar(f"{name} vram64 BAR4", vram64))
-    out.append(bar(f"{name} device ROM BAR2", QXL_ROM, readonly=True))
+        out.append(bar(f"{name} vram64 BAR4", vram64, 4))
+    out.append(bar(f"{name} device ROM BAR2", QXL_ROM, 2, readonly=True))
     return out

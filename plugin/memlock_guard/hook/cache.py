@@ -13,7 +13,7 @@ The key is a digest of everything a decision reads:
 - the policy file's path and bytes, and the host-facts cache's bytes;
 - what host/probe.collect() reads cheaply: kernel release, vfio_iommu_type1 and iommufd
   parameters, /dev/iommu, the names and sizes of ROM files in QEMU's data directories,
-  and the RLIMIT_MEMLOCK that libvirtd passes on;
+  the RLIMIT_MEMLOCK that libvirtd passes on, and the transparent huge page settings;
 - this package's version and the mtimes of its files (an edited engine is a new key).
 The files a domain names (loader, ``<rom file>``) are known only after parsing, so an
 entry records their sizes and a hit re-checks them.
@@ -87,6 +87,7 @@ def key(op: str, xml: bytes, policy_path: str, facts_path: str | None) -> str | 
     part("iommufd", str(os.path.exists("/dev/iommu")))
     part("roms", _rom_listing(_data_dirs(facts)))
     part("memlock", _inherited_memlock())
+    part("thp", host_sources.thp_sysfs())
     return h.hexdigest()
 
 

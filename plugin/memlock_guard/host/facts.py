@@ -60,8 +60,20 @@ class HostFacts(NamedTuple):
     inherited_memlock: int | None = 64 * 1024 * 1024
     # PCI addresses of NVLink2 bridges (ppc64 only; libvirt reads ibm,npu from sysfs).
     nvlink2_bridges: tuple[str, ...] = ()
+    # Transparent huge pages for anonymous memory: always | madvise | never; None unknown.
+    transparent_hugepage: str | None = None
     # Where each fact came from: host | default | override.
     provenance: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def thp_fills_extents(self) -> bool:
+        """Whether a write into QEMU's RAM blocks populates a whole 2 MiB extent.
+
+        QEMU madvises every RAM block MADV_HUGEPAGE (ram_block_add), so "madvise" is as
+        good as "always". Unknown counts as enabled: tolerant accounting must never
+        forgive bytes that may be real.
+        """
+        return self.transparent_hugepage != "never"
 
     @property
     def kernel_version(self) -> tuple[int, int] | None:

@@ -83,6 +83,9 @@ def _probe(extra_files: Iterable[str], probe_qemu: bool,
         prov["libvirt_version"] = "host"
     inherited = _inherited_memlock()
     prov["inherited_memlock"] = "host"
+    thp = host_sources.thp_enabled()
+    if thp is not None:
+        prov["transparent_hugepage"] = "host"
     facts = HostFacts(
         kernel_release=os.uname().release,
         vfio_type1_params=_module_params("vfio_iommu_type1"),
@@ -93,6 +96,7 @@ def _probe(extra_files: Iterable[str], probe_qemu: bool,
         libvirt_version=libvirt_version,
         qemu_version=qemu_version,
         inherited_memlock=inherited,
+        transparent_hugepage=thp,
     )
     return facts, prov
 
@@ -165,7 +169,7 @@ def _inherited_memlock() -> int | None:
 _OVERRIDE_KEYS = {
     "probe_host", "kernel_release", "vfio_iommu_type1", "iommufd", "iommufd_available",
     "qemu_data_dirs", "rom_sizes", "libvirt_version", "qemu_version",
-    "inherited_memlock_bytes", "nvlink2_bridges",
+    "inherited_memlock_bytes", "nvlink2_bridges", "transparent_hugepage",
 }
 
 
@@ -219,6 +223,13 @@ def _apply_override(facts: HostFacts, data: Mapping[str, Any],
                                            for a in _list(data["nvlink2_bridges"],
                                                           "nvlink2_bridges"))
         mark("nvlink2_bridges")
+    if "transparent_hugepage" in data:
+        v = data["transparent_hugepage"]
+        if v is not None and v not in host_sources.THP_MODES:
+            raise InputError("host facts: transparent_hugepage must be one of "
+                             f"{', '.join(host_sources.THP_MODES)}, or null (unknown)")
+        changes["transparent_hugepage"] = v
+        mark("transparent_hugepage")
     return facts._replace(**changes)
 
 
