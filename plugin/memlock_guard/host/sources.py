@@ -23,6 +23,7 @@ ROM_SUFFIXES = (".bin", ".rom", ".fd")
 LIBVIRTD_PIDFILES = ("/run/libvirt/virtqemud.pid", "/run/libvirtd.pid",
                      "/var/run/libvirtd.pid")
 MODULES = ("vfio_iommu_type1", "iommufd")
+KSM_DIR = "/sys/kernel/mm/ksm"  # Documentation/admin-guide/mm/ksm.rst
 # Transparent huge pages (Documentation/admin-guide/mm/transhuge.rst): the top-level
 # mode, and since Linux 6.8 (multi-size THP) a per-size one, where "inherit" (the
 # default for the PMD size) means the top-level mode.
@@ -30,7 +31,8 @@ THP_DIR = "/sys/kernel/mm/transparent_hugepage"
 THP_MODES = ("always", "madvise", "never")
 
 
-def _sysfs(path: str) -> str | None:
+def read_sysfs(path: str) -> str | None:
+    """A small sysfs/procfs value, stripped; None when it cannot be read."""
     try:
         with open(path) as f:
             return f.read(256).strip()
@@ -48,21 +50,21 @@ def _selected(text: str | None) -> str | None:
 
 def thp_sysfs() -> str:
     """The raw THP settings that thp_enabled() reads, for fingerprinting."""
-    return "\n".join(f"{name}={_sysfs(f'{THP_DIR}/{name}')}"
+    return "\n".join(f"{name}={read_sysfs(f'{THP_DIR}/{name}')}"
                      for name in ("enabled", "hpage_pmd_size", _pmd_dir() + "/enabled"))
 
 
 def _pmd_dir() -> str:
-    size = _sysfs(f"{THP_DIR}/hpage_pmd_size")
+    size = read_sysfs(f"{THP_DIR}/hpage_pmd_size")
     kib = int(size) // 1024 if size and size.isdigit() else 2048
     return f"hugepages-{kib}kB"
 
 
 def thp_enabled() -> str | None:
     """always | madvise | never for PMD-sized THP of anonymous memory; None if unknown."""
-    mode = _selected(_sysfs(f"{THP_DIR}/{_pmd_dir()}/enabled"))
+    mode = _selected(read_sysfs(f"{THP_DIR}/{_pmd_dir()}/enabled"))
     if mode not in THP_MODES:  # "inherit", or a kernel before 6.8 (no per-size files)
-        mode = _selected(_sysfs(f"{THP_DIR}/enabled"))
+        mode = _selected(read_sysfs(f"{THP_DIR}/enabled"))
     return mode if mode in THP_MODES else None
 
 

@@ -32,9 +32,10 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..support.units import MiB
-from .mappings import looks_like_seabios, post_finished, snapshot
+from .mappings import Snapshot, looks_like_seabios, post_finished, snapshot
 from .peak import BarInterval, Sample, bar_intervals, boot_peak, parts_of, rom_counts
 from .qemu_text import (
     MeasureError,
@@ -69,6 +70,16 @@ class Measurement:
     notes: tuple[str, ...] = field(default=())
 
 
+class BootObserver(Protocol):
+    """Something else to learn from a followed boot (pages.PageProbe): its extra trace
+    events, a look before the first instruction, and one at the end, before destroy."""
+
+    trace_events: tuple[str, ...]
+
+    def paused(self, target: Target, before: Snapshot) -> None: ...
+    def done(self, target: Target, log_text: str) -> object: ...
+
+
 def _guest_ram(target: Target) -> frozenset[str]:
     return guest_ram_regions(parse_memdevs(target.hmp("info memdev")))
 
@@ -85,7 +96,8 @@ def measure_now(target: Target) -> Measurement:
 
 
 def measure_boot(target: Target, *, settle: float = 3.0, timeout: float = 60.0,
-                 clock: Callable[[], float] = time.time) -> Measurement:
+                 clock: Callable[[], float] = time.time,
+                 observer: BootObserver | None = None) -> Measurement:
     """Start the shut-off domain paused, follow its firmware, then DESTROY it.
 
     Sampling stops once nothing has changed (no flat-view difference, no traced BAR
@@ -106,7 +118,11 @@ def measure_boot(target: Target, *, settle: float = 3.0, timeout: float = 60.0,
         xml = target.xml()
         guest_ram = _guest_ram(target)
         traced = _enable_trace(target, warnings)
+        if traced and observer is not None:
+            _enable_events(target, observer.trace_events, warnings)
         samples = [_sample(target, guest_ram, clock)]
+        if observer is not None:
+            observer.paused(target, samples[0].snapshot)
         pre_firmware = samples[0].snapshot.non_ram_bytes
         seabios = looks_like_seabios(samples[0].snapshot)
         post_done = not seabios
@@ -132,7 +148,10 @@ def measure_boot(target: Target, *, settle: float = 3.0, timeout: float = 60.0,
                 break
         duration = clock() - resumed
         ramblocks = parse_ramblocks(target.hmp("info ramblock"))
-        events = parse_bar_trace(log.read_all()) if log is not None else ()
+        log_text = log.read_all() if log is not None else ""
+        events = parse_bar_trace(log_text)
+        if observer is not None:
+            observer.done(target, log_text)
     finally:
         target.destroy()
     if traced and not events:
@@ -169,6 +188,13 @@ def _enable_trace(target: Target, warnings: list[str]) -> bool:
             warnings.append(f"trace-event {ev}: {out[:120]}")
             return False
     return True
+
+
+def _enable_events(target: Target, names: tuple[str, ...], warnings: list[str]) -> None:
+    for ev in names:
+        out = target.hmp(f"trace-event {ev} on").strip()
+        if out:
+            warnings.append(f"trace-event {ev}: {out[:120]}")
 
 
 def _file_size(path: str | None) -> int:

@@ -165,3 +165,72 @@ def parse_bar_trace(text: str) -> tuple[BarEvent, ...]:
                 device=m.group(3), bdf=m.group(4), bar=int(m.group(5)),
                 address=int(m.group(6), 16), size=int(m.group(7), 16)))
     return tuple(out)
+
+
+# -- host addresses of RAM blocks (measure --zero-pages) ------------------------------------
+
+_GPA2HVA = re.compile(r"Host virtual address for 0x([0-9a-f]+) \((.*)\) is 0x([0-9a-f]+)")
+
+
+def parse_gpa2hva(answer: str) -> tuple[str, int] | None:
+    """(region, host address) from HMP ``gpa2hva``; None for its refusals ("No memory is
+    mapped at address ...", "Memory at address ... is not RAM").
+
+    monitor/misc.c gpa2hva() (QEMU 7.2) names the terminal region of the address (an
+    alias shows its target, e.g. isa-bios -> pc.bios) and the host address of that very
+    byte: qemu_map_ram_ptr(ram_block, offset within the region).
+    """
+    m = _GPA2HVA.search(answer)
+    return (m.group(2), int(m.group(3), 16)) if m else None
+
+
+@dataclass(frozen=True, slots=True)
+class KvmSlot:
+    """A ``kvm_set_user_memory`` trace line: KVM learning where a memory slot lives."""
+
+    slot: int
+    flags: int  # 0x2 = KVM_MEM_READONLY
+    gpa: int
+    size: int  # 0: the slot is being removed
+    ua: int  # userspace (host virtual) address of the slot's first byte
+
+
+# accel/kvm/trace-events (QEMU 7.2), emitted by kvm_set_user_memory_region().
+_KVM_SLOT = re.compile(r"kvm_set_user_memory Slot#(\d+) flags=0x([0-9a-f]+) "
+                       r"gpa=0x([0-9a-f]+) size=0x([0-9a-f]+) ua=0x([0-9a-f]+) ret=(-?\d+)")
+
+
+def parse_kvm_slots(text: str) -> tuple[KvmSlot, ...]:
+    """The successful, non-empty KVM slot updates of a QEMU log."""
+    out = []
+    for m in _KVM_SLOT.finditer(text):
+        if int(m.group(6)) == 0 and int(m.group(4), 16):
+            out.append(KvmSlot(int(m.group(1)), int(m.group(2), 16), int(m.group(3), 16),
+                               int(m.group(4), 16), int(m.group(5), 16)))
+    return tuple(out)
+
+
+# trace-events:41 and util/trace-events:51 (QEMU 7.2). ram_block_add() calls
+# find_ram_offset() (traced, except for the very first block, whose offset is 0) and
+# then qemu_anon_ram_alloc() for the block's max_length. Lines carry "PID@TIME:".
+_ALLOC = re.compile(r"^(\d+)@[0-9.]+:(?:find_ram_offset size: 0x([0-9a-f]+) @ 0x([0-9a-f]+)"
+                    r"|qemu_anon_ram_alloc size (\d+) ptr 0x([0-9a-f]+))\s*$", re.M)
+
+
+def parse_alloc_trace(text: str, pid: int) -> dict[int, tuple[int, int]]:
+    """ram_addr offset -> (size, host address) of each RAM block process ``pid`` allocated,
+    from a log of a QEMU started with ``-trace find_ram_offset -trace
+    qemu_anon_ram_alloc``. A block not allocated by qemu_anon_ram_alloc (a file or memfd
+    backend) has a find_ram_offset line and no allocation: it is skipped, and the next
+    find_ram_offset line takes over."""
+    out: dict[int, tuple[int, int]] = {}
+    offset: int | None = 0
+    for m in _ALLOC.finditer(text):
+        if int(m.group(1)) != pid:
+            continue
+        if m.group(2):
+            offset = int(m.group(3), 16)
+        elif offset is not None:
+            out[offset] = (int(m.group(4)), int(m.group(5), 16))
+            offset = None
+    return out

@@ -16,6 +16,7 @@ class Target(Protocol):
 
     name: str
     log_path: str | None  # where QEMU's stderr (and so its trace output) goes
+    pid_path: str | None  # where libvirt writes QEMU's pid (local URIs only)
 
     def hmp(self, command: str) -> str: ...
     def xml(self) -> str: ...
@@ -35,6 +36,33 @@ def default_log_path(uri: str | None, name: str) -> str | None:
     return None  # remote: the log is on another machine
 
 
+def default_pid_path(uri: str | None, name: str) -> str | None:
+    """libvirt's QEMU pid file (qemuProcessStart: cfg->stateDir/NAME.pid), local only."""
+    if uri in (None, "", "qemu:///system"):
+        return f"/run/libvirt/qemu/{name}.pid"
+    if uri == "qemu:///session":
+        return os.path.expanduser(f"~/.cache/libvirt/qemu/run/{name}.pid")
+    return None
+
+
+def qemu_pid(target: Target) -> int:
+    """The pid of the domain's QEMU, checked against its command line (-name guest=NAME)."""
+    if target.pid_path is None:
+        raise MeasureError("QEMU's pid is not known for a remote connection")
+    try:
+        with open(target.pid_path) as f:
+            pid = int(f.read(32).strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read(1 << 20).split(b"\0")
+    except (OSError, ValueError) as e:
+        raise MeasureError(f"cannot find QEMU's pid ({target.pid_path}): {e}") from None
+    # libvirt passes -name guest=NAME,debug-threads=on, with commas in NAME doubled.
+    guest = f"guest={target.name.replace(',', ',,')}".encode()
+    if not any(a == guest or a.startswith(guest + b",") for a in argv):
+        raise MeasureError(f"process {pid} of {target.pid_path} is not {target.name}'s QEMU")
+    return pid
+
+
 class LibvirtTarget:
     """Through libvirt-python: a monitor round trip takes ~2 ms, so sampling is dense."""
 
@@ -50,6 +78,7 @@ class LibvirtTarget:
         self._dom: Any = lc.lookup(self._conn, name)  # by name, UUID or id
         self.name = str(self._dom.name())
         self.log_path = default_log_path(uri, self.name)
+        self.pid_path = default_pid_path(uri, self.name)
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         try:
@@ -93,6 +122,7 @@ class VirshTarget:
         self.name = name
         self.uri = uri
         self.log_path = default_log_path(uri, name)
+        self.pid_path = default_pid_path(uri, name)
         self._virsh("dominfo", name)  # fails early when the domain does not exist
 
     def _virsh(self, *args: str) -> str:
