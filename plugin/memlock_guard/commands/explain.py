@@ -24,19 +24,30 @@ requirement: this definition as it stands, libvirt's formula without a hard_limi
 hard_limit. If memlock-guard set the hard_limit, it says so, and whether devices changed
 since.
 
+--measured (a running domain, on this host, as root; implies --live) puts the ledger
+side by side with the running QEMU, item by item: the bytes of each item's mapping
+mapped now (boot-time items, such as ROM BARs, usually are not), and its pages from
+/proc/PID/pagemap: written for a ROM's file part, zero-fill for its never-written tail,
+populated for read-write memory. Then the zero-fill table of `measure --zero-pages`.
+Nothing is started or stopped, and guest memory is not read.
+
 examples:
   memlock-guard explain vm1
   memlock-guard explain vm1 --live --mode strict
+  memlock-guard explain vm1 --measured
   memlock-guard explain vm1 --format json | jq .report.verdict
 
-exit status: 0 explained (whatever the verdict), 2 unknown domain, libvirt unreachable
-or bad input."""
+exit status: 0 explained (whatever the verdict), 2 unknown domain, libvirt unreachable,
+--measured on a domain that is not running, or bad input."""
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("domain", metavar="DOMAIN", help="domain name, UUID or id")
     p.add_argument("--live", action="store_true",
                    help="explain the running VM's XML instead of the persistent definition")
+    p.add_argument("--measured", action="store_true",
+                   help="a running domain: each item next to what its QEMU maps now and "
+                        "the state of its pages (as root; implies --live)")
     add_connect_options(p)
     add_judgement_options(p)
 
@@ -51,11 +62,14 @@ def run(args: argparse.Namespace) -> int:
     from .libvirt_common import make_judge, uri
 
     conn = lc.connect(uri(args))
+    live = args.live or args.measured
     try:
         dom = lc.lookup(conn, args.domain)
-        if args.live:
+        name = str(dom.name())
+        if live:
             if not lc.is_active(dom):
-                raise InputError(f"domain {dom.name()!r} is not running; drop --live to "
+                drop = "--measured" if args.measured else "--live"
+                raise InputError(f"domain {name!r} is not running; drop {drop} to "
                                  f"explain its persistent definition")
             xml = lc.live_xml(dom)
         elif lc.is_persistent(dom):
@@ -68,12 +82,15 @@ def run(args: argparse.Namespace) -> int:
         conn.close()
     prov = applymod.provenance_of(xml)
     rows = side_by_side(report)
-    which = "live" if args.live else "persistent"
+    which = "live" if live else "persistent"
+    measured = _measure(name, uri(args), report) if args.measured else None
     if args.format == "json":
         # The estimate report stays whole (schemas/estimate.schema.json is closed);
         # explain's additions sit beside it.
         doc = {"definition": which, "report": render.to_dict(report),
                "side_by_side": rows, "applied": _prov_dict(prov, report)}
+        if measured is not None:
+            doc["measured"] = measured[0]
         print(json.dumps(doc, indent=2))
         return 0
     print(render.to_text(report))
@@ -82,7 +99,34 @@ def run(args: argparse.Namespace) -> int:
     line = _prov_line(prov, report)
     if line:
         print(line)
+    if measured is not None:
+        print()
+        print("\n".join(measured[1]))
     return 0
+
+
+def _measure(name: str, uri: str | None, r: Report) -> tuple[dict[str, Any], list[str]]:
+    """The running QEMU next to the ledger: (JSON, text lines)."""
+    from ..measure.compare import item_rows, mapped_now, zero_fill
+    from ..measure.pages import PageProbe
+    from ..measure.target import open_target
+    from ..support.units import human
+    from .measured import items_dict, items_lines, zero_fill_dict, zero_fill_lines
+
+    got = PageProbe().done(open_target(name, uri))
+    assert got.now is not None
+    mapped, stray = mapped_now(got.now, got.devices)
+    rows = item_rows(r.ledger.items, mapped, got.now.guest_ram_bytes, got)
+    zf = zero_fill(got, r.ledger.items)
+    doc = {"items": items_dict(rows), "guest_ram_mapped_bytes": got.now.guest_ram_bytes,
+           "unattributed": [{"what": f"{m.region} @{m.start:#x} ({m.type})", "bytes": m.size}
+                            for m in stray], **zero_fill_dict(zf)}
+    lines = ["measured: the running QEMU, item by item (MAPPED NOW: its mapping's bytes in "
+             "the guest address space; PAGES: /proc/PID/pagemap)"]
+    lines += items_lines(rows)
+    lines += [f"  mapped now, no ledger item: {m.region} @{m.start:#x} ({m.type}) "
+              f"{human(m.size)}" for m in stray]
+    return doc, [*lines, "", *zero_fill_lines(zf)]
 
 
 def side_by_side(r: Report) -> list[dict[str, Any]]:

@@ -172,4 +172,4 @@ class Locator:
             parts.append("no KVM slot traced for it")
         parts.append("no allocation trace in the log")
         parts += self.why.get(name, [])
-        return "; ".join(parts) + f" ({NOT_MAPPED_HINT})"
+        return "; ".join(parts) + f": {NOT_MAPPED_HINT}"

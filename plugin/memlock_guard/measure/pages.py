@@ -72,6 +72,8 @@ class PageMeasurement:
     regions: tuple[RegionPages, ...]
     facts: PageFacts
     notes: tuple[str, ...]
+    now: Snapshot | None = None  # what was mapped at the end
+    devices: tuple[pci.PciDevice, ...] = ()  # info pci at the end
 
 
 def readonly_block(name: str) -> bool:
@@ -87,7 +89,7 @@ def readonly_block(name: str) -> bool:
 class PageProbe:
     """Host addresses gathered over a boot (or now), then the pages read."""
 
-    trace_events = ("kvm_set_user_memory",)
+    trace_events: tuple[str, ...] = ("kvm_set_user_memory",)
 
     def __init__(self) -> None:
         self.locator: Locator | None = None
@@ -133,7 +135,8 @@ class PageProbe:
         regions = _regions(loc, ro, rw, pci.by_path(devices))
         read = tuple(_read(r, pid, vmas, loc, boot=self.boot, kvm=bool(slots))
                      for r in regions)
-        self.result = PageMeasurement(read, _facts(read), tuple(loc.notes + notes))
+        self.result = PageMeasurement(read, _facts(read), tuple(loc.notes + notes), now,
+                                      devices)
         return self.result
 
 
