@@ -11,13 +11,15 @@ files. The issue's rule: never below what QEMU maps, at most max(2 MiB, 1 %) abo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from memlock_guard.accounting.engine import build_ledger
 from memlock_guard.commands.common import libvirt_library_version
 from memlock_guard.domain import parse_domain
 from memlock_guard.host import probe as host_mod
-from memlock_guard.measure import boot, compare, target
+from memlock_guard.measure import boot, compare, pages, target
+from memlock_guard.measure.pagemap import PAGE
 from memlock_guard.support.units import KiB, MiB
 
 from .conftest import Libvirtd, domain_type, unique_name
@@ -155,3 +157,113 @@ def test_estimate_brackets_what_qemu_maps(libvirtd: Libvirtd, case: Case) -> Non
 
     assert estimate >= measured, f"under-estimate\n{detail}"
     assert estimate - measured <= max(2 * MiB, measured // 100), f"over-estimate\n{detail}"
+
+
+# -- the zero pages themselves (measure --zero-pages) -----------------------------------------
+#
+# Each read-only region's pages (pagemap and kpageflags, read as root before the domain is
+# destroyed) against the ledger's zero-fill for that region, joined by mapping key: equal
+# within one page. OVMF runs under TCG, where no KVM slot trace gives a ROM BAR's host
+# address, so those domains start QEMU with the allocation trace (<qemu:commandline>).
+
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+ALLOC_TRACE = (f"<qemu:commandline xmlns:qemu='{QEMU_NS}'>"
+               "<qemu:arg value='-trace'/><qemu:arg value='find_ram_offset'/>"
+               "<qemu:arg value='-trace'/><qemu:arg value='qemu_anon_ram_alloc'/>"
+               "</qemu:commandline>")
+ROM_DIR = Path("/var/lib/libvirt/mg-e2e-roms")
+IPXE_E1000 = Path("/usr/lib/ipxe/qemu/efi-e1000.rom")
+
+
+def _big_rom(size: int) -> bytes:
+    """An option ROM header (0x55AA, length byte) followed by a non-zero pattern."""
+    body = bytes(range(1, 256)) * (size // 255 + 1)
+    return (b"\x55\xaa" + bytes([min(size // 512, 255)]) + body)[:size]
+
+
+def _tail_read_rom() -> bytes:
+    """iPXE's e1000 ROM cut to 33 KiB whose header claims 64 KiB: SeaBIOS copies the
+    whole BAR (copy_rom), reading the never-written tail through KVM, which maps the
+    shared zero page there (measured by rs14: W9 Z7)."""
+    rom = bytearray(IPXE_E1000.read_bytes()[:33792])
+    rom[2] = 128  # 128 x 512 bytes
+    return bytes(rom)
+
+
+@dataclass(frozen=True)
+class ZeroCase:
+    id: str
+    base: str  # the Case (above) it starts from
+    rom: str | None = None  # "1100k", "2600k", "tail-read": an e1000 <rom file> replaces the NIC
+    # every ROM BAR of 2 MiB or more is filled by transparent huge pages
+    whole_bars: bool = False
+
+
+ZERO_CASES = [
+    ZeroCase("pc-seabios-vga-virtio", "pc-seabios-vga-virtio"),
+    ZeroCase("q35-qxl-primary-secondary", "q35-qxl-primary-secondary"),
+    ZeroCase("q35-ovmf-pflash", "q35-ovmf-pflash"),
+    ZeroCase("pc-ovmf-as-bios-rom", "pc-ovmf-as-bios-rom"),
+    ZeroCase("pc-e1000-romfile-1100k", "pc-seabios-vga-virtio", rom="1100k", whole_bars=True),
+    ZeroCase("pc-e1000-romfile-2600k", "pc-seabios-vga-virtio", rom="2600k", whole_bars=True),
+    ZeroCase("pc-e1000-romfile-tail-read", "pc-seabios-vga-virtio", rom="tail-read"),
+]
+
+
+def _zero_xml(zc: ZeroCase, name: str) -> tuple[str, Path | None]:
+    case = next(c for c in CASES if c.id == zc.base)
+    xml = case.xml(name)
+    if case.ovmf:
+        xml = xml.replace("</devices>", "</devices>" + ALLOC_TRACE)
+    if zc.rom is None:
+        return xml, None
+    ROM_DIR.mkdir(mode=0o755, exist_ok=True)
+    path = ROM_DIR / f"{name}.rom"
+    sizes = {"1100k": 1100 * KiB, "2600k": 2600 * KiB}
+    path.write_bytes(_tail_read_rom() if zc.rom == "tail-read" else _big_rom(sizes[zc.rom]))
+    path.chmod(0o644)
+    return xml.replace(nic(), nic("e1000", f"<rom file='{path}'/>")), path
+
+
+@pytest.mark.parametrize("zc", ZERO_CASES, ids=[z.id for z in ZERO_CASES])
+def test_zero_fill_equals_the_ledger_region_by_region(libvirtd: Libvirtd, zc: ZeroCase) -> None:
+    name = unique_name(zc.id)
+    xml, rom = _zero_xml(zc, name)
+    try:
+        libvirtd.define(xml)
+        case = next(c for c in CASES if c.id == zc.base)
+        probe = pages.PageProbe()
+        m = boot.measure_boot(target.open_target(name, libvirtd.uri), settle=case.settle,
+                              timeout=45.0, observer=probe)
+        assert probe.result is not None
+        # The ledger reads the <rom file> too: before it is removed.
+        domain = parse_domain(m.xml.encode())
+        host = host_mod.collect(extra_files=domain.named_files, probe_qemu=True,
+                                libvirt_version=libvirt_library_version())
+        zf = compare.zero_fill(probe.result, build_ledger(domain, host).items)
+    finally:
+        if rom is not None:
+            rom.unlink(missing_ok=True)
+    table = "\n".join(f"{r.region} {r.mapping}: {r.bytes // KiB} KiB, written "
+                      f"{(r.written or 0) // KiB}, zero-fill {(r.zero_fill or 0) // KiB}, "
+                      f"ledger {(r.estimated_zero_fill or 0) // KiB} KiB ({r.source}; "
+                      f"{r.page_map}) {r.unresolved or ''}" for r in zf.rows)
+    print(f"{zc.id} (THP {zf.facts.transparent_hugepage}, KSM {zf.facts.ksm_run}):\n{table}")
+    detail = f"{table}\nwarnings: {m.warnings}\nnotes: {zf.notes}"
+
+    assert not m.warnings, detail
+    assert zf.facts.pfns_visible is True, "root must see PFNs (CAP_SYS_ADMIN)"
+    assert zf.rows and all(r.unresolved is None for r in zf.rows), detail
+    for r in zf.rows:
+        assert r.estimated_zero_fill is not None, f"no ledger item for {r.region}\n{detail}"
+        assert r.estimated_bytes == r.bytes, detail  # the join found the whole region
+        assert r.unknown == 0, detail
+        assert abs(r.zero_fill - r.estimated_zero_fill) <= PAGE, detail  # type: ignore[operator]
+    roms = [r for r in zf.rows if r.mapping and r.mapping.endswith("/bar6")]
+    assert len(roms) == len(m.roms), detail  # every ROM BAR the firmware mapped was read
+    if zc.whole_bars and zf.facts.transparent_hugepage != "never":
+        big = [r for r in roms if r.bytes >= 2 * MiB]
+        assert big and all(r.written == r.bytes for r in big), detail
+    if zc.rom == "tail-read":
+        (e1000,) = [r for r in roms if r.region and r.region.endswith("/e1000.rom")]
+        assert e1000.zero_page == e1000.zero_fill == 28 * KiB, detail

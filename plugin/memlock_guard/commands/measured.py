@@ -25,6 +25,7 @@ def zero_fill_dict(zf: ZeroFill) -> dict[str, Any]:
             "written_bytes": r.written, "zero_fill_bytes": r.zero_fill,
             "zero_page_bytes": r.zero_page, "unknown_bytes": r.unknown,
             "estimated_zero_fill_bytes": r.estimated_zero_fill,
+            "estimated_bytes": r.estimated_bytes,
             "difference_bytes": r.difference, "agrees": r.agrees,
             "ledger_items": list(r.ledger_items), "hva_source": r.source,
             "page_map": r.page_map, "unresolved": r.unresolved} for r in zf.rows],

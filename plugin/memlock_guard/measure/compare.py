@@ -48,6 +48,7 @@ class ZeroFillRow:
     zero_page: int | None  # of which the zero page
     unknown: int | None  # present pages whose PFN was hidden (no CAP_SYS_ADMIN)
     estimated_zero_fill: int | None  # None: no ledger item for this region
+    estimated_bytes: int | None  # all the ledger's items for it (file part, tail ...)
     ledger_items: tuple[str, ...]
     source: str | None  # how the host address was found
     page_map: str | None
@@ -120,6 +121,7 @@ def zero_fill(measured: PageMeasurement, items: Iterable[LedgerItem]) -> ZeroFil
             None if p is None else p.written * PAGE, None if p is None else p.zero_fill * PAGE,
             None if p is None else p.zero_page * PAGE, None if p is None else p.unknown * PAGE,
             sum(i.bytes for i in mine if i.backing is Backing.ZERO_FILL) if mine else None,
+            sum(i.bytes for i in mine) if mine else None,
             tuple(i.source for i in mine), r.source, None if p is None else p.map,
             r.unresolved))
     for key, mine in ledger.items():
@@ -127,7 +129,8 @@ def zero_fill(measured: PageMeasurement, items: Iterable[LedgerItem]) -> ZeroFil
             rows.append(ZeroFillRow(
                 None, key, sum(i.bytes for i in mine), None, None, None, None,
                 sum(i.bytes for i in mine if i.backing is Backing.ZERO_FILL),
-                tuple(i.source for i in mine), None, None, "QEMU has no RAM block for it"))
+                sum(i.bytes for i in mine), tuple(i.source for i in mine), None, None,
+                "QEMU has no RAM block for it"))
     rw = tuple(r for r in measured.regions if not r.readonly)
     return ZeroFill(tuple(rows), rw, measured.facts, measured.notes)
 
