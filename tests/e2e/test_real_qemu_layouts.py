@@ -10,6 +10,10 @@ files. The issue's rule: never below what QEMU maps, at most max(2 MiB, 1 %) abo
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +23,7 @@ from memlock_guard.commands.common import libvirt_library_version
 from memlock_guard.domain import parse_domain
 from memlock_guard.host import probe as host_mod
 from memlock_guard.measure import boot, compare, pages, target
+from memlock_guard.measure.mappings import post_finished, snapshot
 from memlock_guard.measure.pagemap import PAGE
 from memlock_guard.support.units import KiB, MiB
 
@@ -267,3 +272,40 @@ def test_zero_fill_equals_the_ledger_region_by_region(libvirtd: Libvirtd, zc: Ze
     if zc.rom == "tail-read":
         (e1000,) = [r for r in roms if r.region and r.region.endswith("/e1000.rom")]
         assert e1000.zero_page == e1000.zero_fill == 28 * KiB, detail
+
+
+def test_explain_measured_on_a_running_domain(libvirtd: Libvirtd, tmp_path: Path) -> None:
+    """A plain `virsh start`, then `explain --measured`: what is mapped now, item by item,
+    and the zero-fill of what can be resolved without following the boot."""
+    case = next(c for c in CASES if c.id == "pc-seabios-vga-virtio")
+    name = libvirtd.define(case.xml(unique_name("explain-measured")))
+    libvirtd.virsh("start", name)
+    tgt = target.open_target(name, libvirtd.uri)
+    guest_ram = frozenset({"pc.ram"})
+    # SeaBIOS's POST takes ~2 s (and without a boot disk it resets ~30 s after start).
+    deadline = time.monotonic() + 20
+    while not post_finished(snapshot(tgt.hmp("info mtree -f"), guest_ram)):
+        assert time.monotonic() < deadline, "SeaBIOS did not finish POST"
+        time.sleep(0.05)
+    policy = tmp_path / "policy.xml"
+    policy.write_text("<policy xmlns='urn:memlock-guard:policy:1'/>")
+    r = subprocess.run([sys.executable, "-m", "memlock_guard.cli", "explain", name, "--measured",
+                        "--format", "json", "--connect", libvirtd.uri, "--policy", str(policy)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)["measured"]
+    items = {i["source"]: i for i in doc["items"]}
+    print(json.dumps(doc["items"], indent=1))
+    assert items["pc.bios (bios-256k.bin)"]["mapped_now_bytes"] == 256 * KiB
+    assert items["pc.bios (bios-256k.bin)"]["measured_bytes"] == 256 * KiB
+    assert items["video video0 VGA vram"]["mapped_now_bytes"] == 16 * MiB
+    rom = "interface net0 virtio ROM BAR efi-virtio.rom"
+    assert items[rom]["mapping"] == "net0/bar6" and items[rom]["mapped_now_bytes"] == 0
+    assert doc["unattributed"] == []
+    rows = {z["region"]: z for z in doc["zero_fill"]}
+    # Without a followed boot the 64 KiB vga.rom shares its size with a fw_cfg blob.
+    assert rows["0000:00:02.0/vga.rom"]["unresolved"] and \
+        "--boot" in rows["0000:00:02.0/vga.rom"]["unresolved"]
+    resolved = [z for z in doc["zero_fill"] if not z["unresolved"]]
+    assert {z["region"] for z in resolved} >= {"pc.bios", "pc.rom"}
+    assert all(z["agrees"] for z in resolved), resolved
