@@ -51,6 +51,14 @@ POLICY_NS = "urn:memlock-guard:policy:1"
 # could not sit beside an <mg:policy> override.
 APPLIED_NS = "urn:memlock-guard:applied:1"
 APPLIED_PREFIX = "mga"
+# The KubeVirt sidecar's verdict, <metadata><mgk:verdict>: its own namespace for the
+# same reason (one <metadata> child per namespace).
+KUBEVIRT_VERDICT_NS = "urn:memlock-guard:kubevirt:1"
+KUBEVIRT_VERDICT_PREFIX = "mgk"
+# OpenStack Nova's <metadata><nova:instance> (nova/virt/libvirt/config.py NOVA_NS): 1.1
+# from Nova 23.0.0 (Wallaby, commit 838370a490), 1.0 before. Newest first.
+NOVA_NAMESPACES = ("http://openstack.org/xmlns/libvirt/nova/1.1",
+                   "http://openstack.org/xmlns/libvirt/nova/1.0")
 
 # -- size caps -----------------------------------------------------------------------------
 
@@ -61,6 +69,17 @@ MAX_XML_BYTES = 16 * MiB
 MAX_POLICY_BYTES = 256 * 1024  # a real policy is a few hundred bytes
 MAX_FACTS_CACHE_BYTES = 64 * 1024  # install-hook's host-facts cache
 MAX_HOST_FACTS_BYTES = 1 * MiB  # a --host-facts file given on the command line
+# The KubeVirt sidecar's --vmi argument. The shim passes it as one argv string, which
+# Linux caps at 128 KiB (MAX_ARG_STRLEN); 1 MiB leaves room for a direct invocation.
+MAX_VMI_JSON_BYTES = 1 * MiB
+# Nesting of that JSON: a real VMI is about 10 levels deep; Python's own parser would
+# only stop at its recursion limit (about 1000), with a RecursionError.
+MAX_JSON_DEPTH = 64
+
+# -- the KubeVirt sidecar's settings (environment, then the policy file) ------------------
+
+KUBEVIRT_VERSION_ENV = "MEMLOCK_GUARD_KUBEVIRT_VERSION"
+KUBEVIRT_RATIO_ENV = "MEMLOCK_GUARD_KUBEVIRT_OVERHEAD_RATIO"
 
 # -- accounting defaults -------------------------------------------------------------------
 
