@@ -49,7 +49,8 @@ SETTINGS_ST = st.builds(
     zero_page_allowance=st.one_of(st.none(), st.integers(0, 2**40)),
     libvirt_version=st.sampled_from([None, (7, 0, 0), (8, 7, 0), (9, 0, 0), (9, 3, 0),
                                      (10, 10, 0), (12, 2, 0)]),
-    kubevirt_version=st.sampled_from(["1.0", "1.8", "1.9", "main"]),
+    kubevirt_version=st.sampled_from(["1.0", "1.5.2", "1.8", "1.8.3", "1.9", "main"]),
+    kubevirt_overhead_ratio=st.sampled_from([None, "1.0", "1.5", "12.62"]),
     platform=st.sampled_from(["libvirt", "kubevirt"]),
 )
 

@@ -139,12 +139,34 @@ def test_vIOMMU_with_three_devices_is_short_by_three_times_the_non_ram_bytes(pin
     assert r.verdict.headroom == GiB - non_ram
 
 
-def test_kubevirt_platform_uses_virt_handlers_limit(pinned_host):
+def test_in_a_kubevirt_pod_qemu_gets_libvirts_own_limit_when_it_fits_under_virt_handlers(
+        pinned_host):
+    # No vIOMMU: libvirt in the pod asks for memory + 1 GiB, below virt-handler's limit
+    # (memory + overhead incl. 1 GiB), and sets QEMU's limit to exactly that.
     xml = domain_xml(hostdevs(2), memory="4", unit="GiB")
     r = report(pinned_host, xml, platform="kubevirt", kubevirt_version="1.9")
-    assert (r.verdict.limit.source, r.verdict.limit.bytes) == ("kubevirt", r.kubevirt.bytes)
+    assert r.libvirt.version == (11, 10, 0)  # the launcher's libvirt for KubeVirt 1.9
+    assert r.verdict.limit.source == "kubevirt"
+    assert r.verdict.limit.bytes == r.libvirt.bytes == 4 * GiB + GiB < r.kubevirt.bytes
+    assert not r.verdict.limit.blocked
     main = report(pinned_host, xml, platform="kubevirt", kubevirt_version="main")
-    assert main.verdict.fit is Fit.UNLIMITED
+    assert main.kubevirt.unlimited
+    assert main.verdict.limit.bytes == r.libvirt.bytes  # still libvirt's number
+
+
+def test_in_a_kubevirt_pod_a_libvirt_limit_above_virt_handlers_blocks_the_start(pinned_host):
+    # vIOMMU + 2 GPUs: libvirt asks for 2 x memory + 1 GiB; KubeVirt <= 1.8.2 gives
+    # memory + overhead, so QEMU cannot start, whatever the ledger needs.
+    xml = domain_xml(hostdevs(2) + "<iommu model='intel'/>", memory="4", unit="GiB")
+    r = report(pinned_host, xml, platform="kubevirt", kubevirt_version="1.7")
+    lim = r.verdict.limit
+    assert lim.blocked and lim.demand == 2 * 4 * GiB + GiB and lim.bytes == r.kubevirt.bytes
+    assert r.verdict.fit is Fit.SHORT
+    assert r.verdict.headroom == lim.bytes - max(r.verdict.required, lim.demand)
+    assert "cannot start" in lim.explanation
+    fixed = report(pinned_host, xml, platform="kubevirt", kubevirt_version="1.8.3")
+    assert not fixed.verdict.limit.blocked
+    assert fixed.verdict.limit.bytes == 2 * 4 * GiB + GiB
 
 
 # --- footprint and the recommended hard_limit, end to end -----------------------------

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import pluggy
 
 from ..baselines.kubevirt import DEFAULT_VERSION as KUBEVIRT_DEFAULT
-from ..baselines.kubevirt import KubevirtLimit, kubevirt_limit
+from ..baselines.kubevirt import KubevirtLimit, Vmi, kubevirt_limit, parse_version
 from ..baselines.libvirt import LibvirtLimit, libvirt_limit
 from ..domain import Domain
 from ..host.facts import HostFacts
@@ -32,6 +32,7 @@ class Settings(NamedTuple):
     zero_page_allowance: int | None = None  # None: tolerant forgives every zero-fill page
     libvirt_version: tuple[int, int, int] | None = None  # None: the host's, else latest
     kubevirt_version: str = KUBEVIRT_DEFAULT
+    kubevirt_overhead_ratio: str | None = None  # additionalGuestMemoryOverheadRatio
     platform: str = "libvirt"  # libvirt | kubevirt: whose rule sets QEMU's limit
 
 
@@ -50,11 +51,17 @@ class Report(NamedTuple):
 
 
 def assess(domain: Domain, host: HostFacts, settings: Settings = DEFAULT_SETTINGS,
-           pm: pluggy.PluginManager | None = None) -> Report:
+           pm: pluggy.PluginManager | None = None, vmi: Vmi | None = None) -> Report:
+    """Judge ``domain``; ``vmi`` is the KubeVirt VMI it was made from, when known (the
+    sidecar), else KubeVirt's baseline is computed for the VMI the domain implies."""
     ledger = build_ledger(domain, host, pm)
+    kv_version = parse_version(settings.kubevirt_version)
     version = settings.libvirt_version or host.libvirt_version
+    if settings.platform == "kubevirt" and settings.libvirt_version is None:
+        version = kv_version.launcher_libvirt  # the libvirt inside virt-launcher
     lv = libvirt_limit(domain, version, nvlink2_bridges=host.nvlink2_bridges)
-    kv = kubevirt_limit(domain, settings.kubevirt_version)
+    kv = kubevirt_limit(vmi if vmi is not None else domain, kv_version,
+                        settings.kubevirt_overhead_ratio)
     mode, why = resolve(settings.mode, host)
     verdict = judge(ledger, effective_limit(lv, kv, host, settings.platform), mode=mode,
                     mode_reason=why, footprint=qemu_footprint(domain, ledger),
@@ -67,19 +74,48 @@ def effective_limit(lv: LibvirtLimit, kv: KubevirtLimit, host: HostFacts,
     inherited = EffectiveLimit(host.inherited_memlock, "inherited",
                                "limit inherited from the libvirt daemon")
     if platform == "kubevirt":
-        # memtune is refused in KubeVirt's session-mode libvirt; virt-handler's prlimit
-        # on virtqemud is what QEMU inherits.
-        if kv.unlimited:
-            return EffectiveLimit(None, "kubevirt", f"KubeVirt {kv.version}: {kv.explanation}")
-        if kv.bytes is None:
-            return inherited
-        return EffectiveLimit(kv.bytes, "kubevirt", f"KubeVirt {kv.version}: {kv.explanation}")
+        return _in_pod(lv, kv, inherited)
     if lv.bytes is None:
         return EffectiveLimit(None, lv.source, lv.explanation)
     if lv.source == "none":
         return inherited
     source = "libvirt-formula" if lv.source == "formula" else lv.source
     return EffectiveLimit(lv.bytes, source, lv.explanation)
+
+
+def _in_pod(lv: LibvirtLimit, kv: KubevirtLimit, inherited: EffectiveLimit) -> EffectiveLimit:
+    """QEMU's limit in a virt-launcher pod (docs/sources.md section 5).
+
+    virt-handler prlimits virtqemud (soft = hard = M, or unlimited on main); the pod has
+    no CAP_SYS_RESOURCE. libvirt there computes its own limit L (no <memtune>: KubeVirt's
+    domain has none) and sets QEMU's to exactly L at launch (virCommandSetMaxMemLock ->
+    virProcessSetMaxMemLock, soft = hard = L): with L = 0 QEMU keeps M; with L <= M
+    QEMU gets L; with L > M the start fails ("cannot limit locked memory").
+    """
+    kubevirt = f"KubeVirt {kv.version}: {kv.explanation}"
+    if kv.unlimited:
+        outer: EffectiveLimit = EffectiveLimit(None, "kubevirt", kubevirt)
+    elif kv.bytes is None:
+        outer = inherited._replace(explanation=f"KubeVirt {kv.version} leaves the limit "
+                                               f"alone: the container's default")
+    else:
+        outer = EffectiveLimit(kv.bytes, "kubevirt", kubevirt)
+    if lv.bytes == 0 or lv.source == "none":
+        return outer
+    if lv.bytes is None:  # <locked/> in the domain: libvirt asks for unlimited
+        if outer.bytes is None:
+            return EffectiveLimit(None, "kubevirt", f"{kubevirt}; libvirt in the pod sets "
+                                                    "unlimited (<memoryBacking><locked/>)")
+        return outer._replace(demand=1 << 63, explanation=(
+            f"{outer.explanation}; libvirt in the pod sets unlimited (<memoryBacking>"
+            f"<locked/>), which is above it, so QEMU cannot start"))
+    pod = f"libvirt {'.'.join(map(str, lv.version))} in the pod: {lv.explanation}"
+    if outer.bytes is not None and lv.bytes > outer.bytes:
+        return outer._replace(demand=lv.bytes, explanation=(
+            f"{outer.explanation}; {pod} = {lv.bytes} bytes, above it, so QEMU cannot "
+            f"start (cannot limit locked memory)"))
+    return EffectiveLimit(lv.bytes, "kubevirt", f"{pod}, within what {kubevirt.split(':')[0]} "
+                                                f"allows")
 
 
 def audit_record(op: str, report: Report, *, action: str, policy: str | None = None,

@@ -25,6 +25,16 @@ class EffectiveLimit(NamedTuple):
     bytes: int | None  # None: unlimited
     source: str  # hard_limit | locked | ppc64 | libvirt-formula | inherited | kubevirt ...
     explanation: str
+    # What QEMU's limit is set to at launch when that must fit under ``bytes``: libvirt
+    # inside a KubeVirt pod prlimits QEMU to its own number, and without
+    # CAP_SYS_RESOURCE it cannot go above the hard limit virt-handler set, so the start
+    # fails when this is larger than ``bytes``, whatever the ledger needs.
+    demand: int | None = None
+
+    @property
+    def blocked(self) -> bool:
+        """The start fails before QEMU runs: ``demand`` is above ``bytes``."""
+        return self.demand is not None and self.bytes is not None and self.demand > self.bytes
 
 
 class Verdict(NamedTuple):
@@ -34,7 +44,7 @@ class Verdict(NamedTuple):
     required_tolerant: int
     limit: EffectiveLimit
     fit: Fit
-    headroom: int | None  # limit - required; None when unlimited
+    headroom: int | None  # limit - required (or - the demand, if larger); None: unlimited
     footprint: int
     recommended_hard_limit: int
 
@@ -50,7 +60,7 @@ def judge(ledger: Ledger, limit: EffectiveLimit, *, mode: Mode, mode_reason: str
     if limit.bytes is None:
         fit, headroom = Fit.UNLIMITED, None
     else:
-        headroom = limit.bytes - required
+        headroom = limit.bytes - max(required, limit.demand or 0)
         fit = Fit.FITS if headroom >= 0 else Fit.SHORT
     recommended = round_up(max(required, footprint) + margin, MiB)
     return Verdict(mode, mode_reason, strict, tolerant, limit, fit, headroom, footprint,

@@ -6,8 +6,6 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from ..support.errors import InputError
-
 if TYPE_CHECKING:
     from ..accounting.report import Settings
     from ..host.facts import HostFacts
@@ -32,9 +30,16 @@ def add_judgement_options(p: argparse.ArgumentParser) -> None:
                    help="judge with this libvirt's rules (default: the installed libvirt, "
                         "else the newest rules known)")
     g.add_argument("--kubevirt-version", metavar="VER", default=None,
-                   help="KubeVirt baseline version: 1.0 ... 1.9 or main (default 1.9)")
+                   help="KubeVirt version for its baseline and for --platform kubevirt: "
+                        "1.0.0 ... 1.9.x or main; 1.8 means 1.8.0 (default: the policy's "
+                        "<kubevirt-version>, else 1.9.0)")
+    g.add_argument("--kubevirt-overhead-ratio", metavar="R", default=None,
+                   help="the KubeVirt CR's additionalGuestMemoryOverheadRatio, e.g. 1.5 "
+                        "(default: the policy's <kubevirt-overhead-ratio>, else unset)")
     g.add_argument("--platform", choices=("libvirt", "kubevirt"), default="libvirt",
-                   help="whose rule sets QEMU's limit (default libvirt)")
+                   help="whose rule sets QEMU's limit: libvirt's, or inside a KubeVirt "
+                        "virt-launcher pod, virt-handler's and the pod's libvirt's "
+                        "(default libvirt)")
     g.add_argument("--host-facts", metavar="FILE", default=None,
                    help="JSON file overriding what is read from this host (kernel_release, "
                         "rom_sizes, libvirt_version, ...; see README)")
@@ -45,14 +50,14 @@ def add_judgement_options(p: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     from ..accounting.modes import Mode
     from ..accounting.report import DEFAULT_MARGIN, Settings
-    from ..baselines.kubevirt import DEFAULT_VERSION, KNOWN_VERSIONS
+    from ..baselines import kubevirt
     from ..host.facts import parse_version
     from ..support.units import parse_size
 
-    kv = args.kubevirt_version or DEFAULT_VERSION
-    if kv not in KNOWN_VERSIONS:
-        raise InputError(f"--kubevirt-version {kv!r} is unknown "
-                         f"(known: {', '.join(KNOWN_VERSIONS)})")
+    kv = str(kubevirt.parse_version(args.kubevirt_version or kubevirt.DEFAULT_VERSION,
+                                    what="--kubevirt-version"))
+    ratio = None if args.kubevirt_overhead_ratio is None else kubevirt.parse_ratio(
+        args.kubevirt_overhead_ratio, what="--kubevirt-overhead-ratio")
     allowance = args.zero_page_allowance
     return Settings(
         mode=Mode(args.mode or "auto"),
@@ -63,6 +68,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         libvirt_version=None if args.libvirt_version is None
         else parse_version(args.libvirt_version, what="--libvirt-version"),
         kubevirt_version=kv,
+        kubevirt_overhead_ratio=ratio,
         platform=args.platform,
     )
 

@@ -132,6 +132,7 @@ def _measure(name: str, uri: str | None, r: Report) -> tuple[dict[str, Any], lis
 def side_by_side(r: Report) -> list[dict[str, Any]]:
     """Each rule's limit for this domain, and whether the requirement fits under it."""
     from ..accounting.report import effective_limit
+    from ..baselines.kubevirt import parse_version
     from ..baselines.libvirt import LATEST, libvirt_limit
     from ..domain import Memtune
 
@@ -139,15 +140,15 @@ def side_by_side(r: Report) -> list[dict[str, Any]]:
     bare = r.domain._replace(memtune=Memtune())
     rows: list[dict[str, Any]] = []
 
-    def row(rule: str, limit: int | None, source: str) -> None:
-        headroom = None if limit is None else limit - need
+    def row(rule: str, limit: int | None, source: str, demand: int | None = None) -> None:
+        headroom = None if limit is None else limit - max(need, demand or 0)
         verdict = ("unlimited" if limit is None else "not set" if limit == 0
                    else "fits" if headroom is not None and headroom >= 0 else "short")
         rows.append({"rule": rule, "bytes": limit, "source": source, "verdict": verdict,
                      "headroom_bytes": None if verdict == "not set" else headroom})
 
     v = r.verdict
-    row("this definition", v.limit.bytes, v.limit.source)
+    row("this definition", v.limit.bytes, v.limit.source, v.limit.demand)
     versions = [r.libvirt.version] + ([LATEST] if r.libvirt.version != LATEST else [])
     for ver in versions:
         lv = libvirt_limit(bare, ver, nvlink2_bridges=r.host.nvlink2_bridges)
@@ -157,7 +158,14 @@ def side_by_side(r: Report) -> list[dict[str, Any]]:
         got = effective_limit(lv, r.kubevirt, r.host, "libvirt")
         row(f"libvirt {label}, no hard_limit", got.bytes, got.source)
     kv = r.kubevirt
-    row(f"KubeVirt {kv.version}", None if kv.unlimited else (kv.bytes or 0), "kubevirt")
+    # In a virt-launcher pod: the pod's own libvirt, under virt-handler's limit.
+    pod = libvirt_limit(bare, parse_version(kv.version).launcher_libvirt,
+                        nvlink2_bridges=r.host.nvlink2_bridges)
+    if kv.bytes is None and not kv.unlimited and not pod.bytes:
+        row(f"KubeVirt {kv.version}", 0, "kubevirt")  # neither sets a limit
+    else:
+        got = effective_limit(pod, kv, r.host, "kubevirt")
+        row(f"KubeVirt {kv.version}", got.bytes, "kubevirt", got.demand)
     row("recommended hard_limit", v.recommended_hard_limit, "memlock-guard")
     return rows
 

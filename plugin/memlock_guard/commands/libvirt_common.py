@@ -59,7 +59,7 @@ def load_policy(args: argparse.Namespace) -> Policy:
 
 # Settings fields an option sets when given; None means "not given: the policy decides".
 _OVERRIDABLE = ("mode", "margin", "zero_page_allowance", "libvirt_version",
-                "kubevirt_version")
+                "kubevirt_version", "kubevirt_overhead_ratio")
 
 
 def overrides(args: argparse.Namespace) -> tuple[tuple[str, Any], ...]:
@@ -73,6 +73,7 @@ def overrides(args: argparse.Namespace) -> tuple[tuple[str, Any], ...]:
         "zero_page_allowance": args.zero_page_allowance is not None,
         "libvirt_version": args.libvirt_version is not None,
         "kubevirt_version": args.kubevirt_version is not None,
+        "kubevirt_overhead_ratio": args.kubevirt_overhead_ratio is not None,
     }
     out = [(k, getattr(parsed, k)) for k in _OVERRIDABLE if given[k]]
     out.append(("platform", parsed.platform))
