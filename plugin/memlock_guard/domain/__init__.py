@@ -2,7 +2,8 @@
 
 Where is X read? memory.py (memory, memtune, memoryBacking, memory devices),
 hostdev.py, interface.py, disk.py, video.py, firmware.py (os, loader, machine),
-controller.py (pSeries PHBs), rom.py (<rom>), model.py (the Domain itself, built by
+controller.py (pSeries PHBs), rom.py (<rom>), nova.py (OpenStack Nova's
+``<metadata><nova:instance>``), model.py (the Domain itself, built by
 ``Domain.from_xml``; every record here is built by its own ``from_xml``).
 
 Where is X written? edit.py: hard_limit up (swap_hard_limit with it) and our
@@ -17,11 +18,12 @@ from .hostdev import Hostdev
 from .interface import Interface
 from .memory import MemoryBacking, MemoryDevice, Memtune
 from .model import Domain, parse_domain
+from .nova import NovaInstance
 from .rom import Rom
 from .video import Video
 
 __all__ = [
     "Controller", "Disk", "Domain", "Firmware", "Hostdev", "Interface",
-    "Machine", "MemoryBacking", "MemoryDevice", "Memtune", "Rom", "Video",
+    "Machine", "MemoryBacking", "MemoryDevice", "Memtune", "NovaInstance", "Rom", "Video",
     "parse_domain",
 ]

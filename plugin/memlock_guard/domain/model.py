@@ -15,6 +15,7 @@ from .firmware import Firmware, Machine, Os
 from .hostdev import Hostdev
 from .interface import Interface
 from .memory import MemoryBacking, MemoryDevice, Memtune, total_memory
+from .nova import NovaInstance
 from .video import Video, post_parse_videos
 from .xmlmap import (
     Element,
@@ -70,6 +71,8 @@ class Domain(NamedTuple):
     vfio_devices: tuple[str, ...] = ()
     nvme_disks: tuple[str, ...] = ()
     vdpa_devices: tuple[str, ...] = ()
+    # The OpenStack Nova instance this domain is, from <metadata><nova:instance>.
+    nova: NovaInstance | None = None
 
     @property
     def is_x86(self) -> bool:
@@ -139,6 +142,7 @@ class Domain(NamedTuple):
         interfaces = tuple(Interface.from_xml(e) for e in dev("interface"))
         disks = tuple(Disk.from_xml(e) for e in dev("disk"))
         vfio, nvme, vdpa = _pinning_devices(hostdevs, interfaces, disks)
+        metadata = one(top, "metadata")
         return cls(
             name=text(one(top, "name")) or "(unnamed)",
             uuid=text(one(top, "uuid")),
@@ -163,12 +167,13 @@ class Domain(NamedTuple):
             graphics=graphics,
             has_tpm=bool(dev("tpm")),
             launch_security=attr(one(top, "launchSecurity"), "type"),
-            metadata=_our_metadata(one(top, "metadata")),
+            metadata=_our_metadata(metadata),
             # Only libvirt's pSeries formula needs them (every bus there is a PHB).
             pci_buses=_pci_buses(root) if ppc64 else (),
             vfio_devices=vfio,
             nvme_disks=nvme,
             vdpa_devices=vdpa,
+            nova=NovaInstance.from_metadata(metadata),
         )
 
 
