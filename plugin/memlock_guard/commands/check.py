@@ -14,7 +14,9 @@ DESCRIPTION = """\
 Judges the persistent definition of each named domain (or of every domain with --all;
 a transient one by its live XML) with the host policy and the domain's own <metadata>
 override, and prints one line each: name, accounting mode, what VFIO will pin, the
-limit QEMU will get, the headroom and the verdict. Nothing is changed.
+limit QEMU will get, the headroom and the verdict. Nothing is changed. A short OpenStack
+Nova instance is pointed at its flavor and image ('explain' lists the changes), since
+Nova redefines it at every start.
 
 examples:
   memlock-guard check --all
@@ -83,9 +85,11 @@ def _row(dom: Any, judge: Any) -> Row:
     except MemlockGuardError as e:
         return Row(name, uuid, {"domain": name, "uuid": uuid, "verdict": "error",
                                 "error": str(e)}, short=False, error=True)
+    from ..accounting.remedy import platform_of
+
     v = report.verdict
     data = {
-        "domain": name, "uuid": uuid,
+        "domain": name, "uuid": uuid, "platform": platform_of(report),
         "definition": "persistent" if persistent else "live",
         "mode": v.mode.value,
         "required_bytes": v.required,
@@ -108,7 +112,10 @@ def _table(rows: list[Row]) -> str:
             cells.append((r.name, "-", "-", "-", "-", f"error: {d['error']}"))
             continue
         verdict = d["verdict"]
-        if verdict == "short":
+        if verdict == "short" and d["platform"] == "nova":
+            verdict = (f"SHORT: a Nova instance: change its flavor or image "
+                       f"(memlock-guard explain {r.name})")
+        elif verdict == "short":
             verdict = (f"SHORT: set hard_limit >= "
                        f"{human(d['recommended_hard_limit_bytes'])} (memlock-guard apply)")
         limit = human(d["limit_bytes"])

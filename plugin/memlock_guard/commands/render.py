@@ -7,6 +7,7 @@ from typing import Any
 
 from .. import __version__
 from ..accounting.modes import Mode
+from ..accounting.remedy import platform_of, remedies
 from ..accounting.report import Report
 from ..accounting.verdict import Fit
 from ..support.units import human
@@ -18,13 +19,25 @@ def _v(version: tuple[int, int, int]) -> str:
     return ".".join(map(str, version))
 
 
+def _nova(r: Report) -> dict[str, Any] | None:
+    n = r.domain.nova
+    if n is None:
+        return None
+    return {"instance": n.name, "flavor": n.flavor, "flavor_id": n.flavor_id,
+            "flavor_memory_mib": n.flavor_memory_mib, "package": n.package,
+            "image": n.image, "extra_specs": dict(n.extra_specs),
+            "image_properties": dict(n.image_properties)}
+
+
 def to_dict(r: Report) -> dict[str, Any]:
     v = r.verdict
     return {
         "$schema": JSON_SCHEMA_ID,
         "plugin_version": __version__,
         "domain": {"name": r.domain.name, "uuid": r.domain.uuid, "arch": r.domain.arch,
-                   "machine": r.domain.machine.name, "memory_bytes": r.domain.memory},
+                   "machine": r.domain.machine.name, "memory_bytes": r.domain.memory,
+                   "nova": _nova(r)},
+        "platform": platform_of(r),
         "mode": v.mode.value,
         "mode_reason": v.mode_reason,
         "items": [
@@ -44,15 +57,19 @@ def to_dict(r: Report) -> dict[str, Any]:
                         "source": r.libvirt.source, "explanation": r.libvirt.explanation},
             "kubevirt": {"version": r.kubevirt.version, "bytes": r.kubevirt.bytes,
                          "unlimited": r.kubevirt.unlimited,
+                         "overhead_ratio": r.kubevirt.ratio,
                          "explanation": r.kubevirt.explanation},
         },
         "effective_limit": {"bytes": v.limit.bytes, "unlimited": v.limit.bytes is None,
-                            "source": v.limit.source, "explanation": v.limit.explanation},
+                            "source": v.limit.source, "explanation": v.limit.explanation,
+                            "demand_bytes": v.limit.demand},
         "verdict": v.fit.value,
         "headroom_bytes": v.headroom,
         "footprint_bytes": v.footprint,
         "recommended_hard_limit_bytes": v.recommended_hard_limit,
         "excluded_plugins": list(r.ledger.excluded_plugins),
+        "remedies": [{"platform": x.platform, "action": x.action, "text": x.text,
+                      "command": x.command, "lasting": x.lasting} for x in remedies(r)],
     }
 
 
@@ -73,6 +90,13 @@ def sentence(r: Report) -> str:
     if v.fit is Fit.FITS:
         return (f"fits: needs {need}, QEMU gets {limit} ({v.limit.source}), "
                 f"headroom {human(v.headroom)}.")
+    if v.limit.blocked:
+        return (f"SHORT by {human(-v.headroom)}: QEMU cannot start, libvirt in the pod asks "
+                f"for {human(v.limit.demand)} but virt-handler allows {limit}; needs {need}. "
+                f"Remedies below.")
+    if platform_of(r) != "libvirt":
+        return (f"SHORT by {human(-v.headroom)}: needs {need} but QEMU gets {limit} "
+                f"({v.limit.source}). Remedies below.")
     return (f"SHORT by {human(-v.headroom)}: needs {need} but QEMU gets {limit} "
             f"({v.limit.source}); set <memtune><hard_limit> to at least "
             f"{v.recommended_hard_limit // 1024} KiB ({human(v.recommended_hard_limit)}).")
@@ -130,4 +154,13 @@ def to_text(r: Report) -> str:
     lines.append(f"verdict: {sentence(r)}")
     if v.mode is Mode.TOLERANT and v.required_strict != v.required_tolerant:
         lines.append(f"         (strict accounting would need {human(v.required_strict)})")
+    nova = r.domain.nova
+    if nova is not None:
+        lines.append(f"nova:    instance {nova.name!r}, flavor {nova.flavor!r} (Nova "
+                     f"{nova.package or '?'}): Nova redefines this domain from the flavor "
+                     f"and image at every start and hard reboot")
+    found = remedies(r)
+    if found and platform_of(r) != "libvirt":
+        lines.append("remedies:")
+        lines += [f"  - {x.text}" for x in found]
     return "\n".join(lines)

@@ -103,9 +103,9 @@ def judge(op: str, report: Report, p: Policy, root: etree._Element,
 
 
 def paragraph(report: Report, p: Policy) -> str:
-    """The domain, mode, requirement, limit and its source, biggest items, and the remedy."""
-    import shlex
-
+    """The domain, mode, requirement, limit and its source, biggest items, and the remedy
+    (accounting/remedy.py: in Nova's terms for a Nova instance)."""
+    from ..accounting.remedy import sentence
     from ..support.units import human
 
     v = report.verdict
@@ -116,15 +116,16 @@ def paragraph(report: Report, p: Policy) -> str:
     for i in report.ledger.biggest(3):
         times = f" x {i.containers} containers" if i.containers > 1 else ""
         items.append(f"{i.source} {human(i.bytes)}{times}")
-    kib = v.recommended_hard_limit // 1024
-    quoted = shlex.quote(name)
     overridden = f" (per-domain policy: {', '.join(p.overridden)})" if p.overridden else ""
+    nova = report.domain.nova
+    who = f"domain {name!r}"
+    if nova is not None:
+        who += (f" (OpenStack Nova instance {nova.name or '?'!r}, flavor "
+                f"{nova.flavor or '?'!r})")
     return (
-        f"domain {name!r} needs {human(v.required)} ({v.required} bytes) of locked memory "
+        f"{who} needs {human(v.required)} ({v.required} bytes) of locked memory "
         f"in {v.mode.value} accounting ({v.mode_reason}){overridden}, but QEMU would get "
         f"{human(limit)} ({limit} bytes) from {v.limit.source} ({v.limit.explanation}), "
         f"short by {human(v.required - limit)}. Biggest items: {'; '.join(items)}. "
-        f"Remedy: virsh memtune {quoted} --hard-limit {kib} --config "
-        f"(KiB, = {human(v.recommended_hard_limit)}: the requirement or QEMU's footprint, "
-        f"whichever is larger, plus margin), or run: memlock-guard apply {quoted}"
+        f"Remedy: {sentence(report)}"
     )
