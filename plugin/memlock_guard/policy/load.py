@@ -13,12 +13,15 @@ The host file is ``/etc/memlock-guard/policy.xml`` (``--policy`` or
       <on-error>allow</on-error>              allow | refuse
       <plugins><allow>NAME</allow></plugins>
       <audit-log>/var/log/memlock-guard/audit.jsonl</audit-log>
+      <kubevirt-version>1.9.0</kubevirt-version>            the cluster's KubeVirt
+      <kubevirt-overhead-ratio>1.0</kubevirt-overhead-ratio>   its CR's overhead ratio
     </policy>
 
 A domain may override the first five inside ``<metadata><mg:policy
 xmlns:mg="urn:memlock-guard:policy:1">``. ``on-error``, ``plugins`` and ``audit-log`` are
 host-only: whoever can edit a domain must not load code into a root process, switch off
-the fail-safe or hide the audit trail. The override is held to the same grammar, so a
+the fail-safe or hide the audit trail; the two KubeVirt elements describe the cluster,
+not a domain. The override is held to the same grammar, so a
 host-only element there is an error, not silently dropped.
 
 ``schemas/policy.rng`` is the published grammar (editors, packaging checks) and is
@@ -152,7 +155,8 @@ def _read_regular_file(path: str, *, missing_ok: bool) -> bytes | None:
 _ELEMENT_OF = {
     "mode": "mode", "on_shortfall": "on-shortfall", "adjust": "adjust", "margin": "margin",
     "zero_page_allowance": "zero-page-allowance", "on_error": "on-error",
-    "plugins": "plugins", "audit_log": "audit-log",
+    "plugins": "plugins", "audit_log": "audit-log", "kubevirt_version": "kubevirt-version",
+    "kubevirt_overhead_ratio": "kubevirt-overhead-ratio",
 }
 _FIELD_OF = {v: k for k, v in _ELEMENT_OF.items()}
 
@@ -265,6 +269,15 @@ def _value(el: etree._Element, name: str, what: str) -> Any:
             if plugin not in names:
                 names.append(plugin)
         return tuple(names)
+    if name in ("kubevirt-version", "kubevirt-overhead-ratio"):
+        from ..baselines import kubevirt
+
+        if len(el):
+            raise InputError(f"{_where(what, el)} takes text, not child elements")
+        value = (el.text or "").strip()
+        if name == "kubevirt-version":
+            return str(kubevirt.parse_version(value, what=_where(what, el)))
+        return kubevirt.parse_ratio(value, what=_where(what, el))
     if name == "audit-log":
         path = (el.text or "").strip()
         if not path.startswith("/"):

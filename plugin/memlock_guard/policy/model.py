@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 ADJUSTABLE_OPS = ("migrate", "restore")
 # Settable only in the host file: whoever can edit a domain must not load code into a
 # root process, switch off the fail-safe or hide the audit trail.
-HOST_ONLY = ("on-error", "plugins", "audit-log")
+HOST_ONLY = ("on-error", "plugins", "audit-log", "kubevirt-version", "kubevirt-overhead-ratio")
 
 
 class PolicyError(InputError):
@@ -58,6 +58,11 @@ class Policy(NamedTuple):
     on_error: OnError = OnError.ALLOW
     plugins: tuple[str, ...] = ()
     audit_log: str = AUDIT_LOG
+    # The cluster's KubeVirt, for the sidecar (after $MEMLOCK_GUARD_KUBEVIRT_VERSION and
+    # $MEMLOCK_GUARD_KUBEVIRT_OVERHEAD_RATIO) and for --platform kubevirt; None: not said.
+    # Host-only like on-error: facts about the cluster, not a domain's wish.
+    kubevirt_version: str | None = None
+    kubevirt_overhead_ratio: str | None = None
     # Where the values came from, for messages and the audit log.
     origin: str = "built-in defaults"
     # Elements a domain's <metadata> overrode, in document order.
@@ -90,8 +95,10 @@ def to_settings(p: Policy, *, libvirt_version: tuple[int, int, int] | None = Non
     """The accounting numbers of a policy, as report.assess() takes them."""
     from ..accounting.report import Settings
 
-    return Settings(mode=p.mode, margin=p.margin, zero_page_allowance=p.zero_page_allowance,
-                    libvirt_version=libvirt_version, platform=platform)
+    s = Settings(mode=p.mode, margin=p.margin, zero_page_allowance=p.zero_page_allowance,
+                 libvirt_version=libvirt_version, platform=platform,
+                 kubevirt_overhead_ratio=p.kubevirt_overhead_ratio)
+    return s._replace(kubevirt_version=p.kubevirt_version) if p.kubevirt_version else s
 
 
 def plugin_manager(p: Policy) -> Any:
