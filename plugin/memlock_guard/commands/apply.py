@@ -21,6 +21,12 @@ value= unit= mode= version= ledger-digest=/>, so a later run recognises its own 
 raises it again when devices or memory change. It never lowers a hard_limit, leaves one
 that fits alone, and is idempotent: a second run changes nothing.
 
+OpenStack Nova instances (domains with <metadata><nova:instance>) are skipped, with
+action "skip" and the reason: Nova redefines the domain from its flavor and image at
+every start, hard reboot, resize and migration, so the fix belongs in the flavor or
+image ('memlock-guard explain DOMAIN' names it). --force raises them anyway, with a
+warning, as a stopgap until the next hard reboot.
+
 Only memtune and that metadata element change. The definition is read again right before
 it is redefined; if someone edited it meanwhile, it is judged again on their version, so
 their edit survives. Each change is shown as a unified diff and written to the audit log
@@ -30,6 +36,7 @@ examples:
   memlock-guard apply vm1 --dry-run
   memlock-guard apply --all
   memlock-guard apply vm1 --mode strict --margin 256MiB
+  memlock-guard apply instance-0000002a --force     # a Nova instance, until its next hard reboot
 
 exit status: 0 done (changed or not), 2 a domain could not be judged or redefined,
 libvirt is unreachable, or bad input."""
@@ -39,12 +46,16 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_selection(p, what="apply to")
     p.add_argument("--dry-run", "-n", action="store_true",
                    help="show the diff of what would change, change nothing")
+    p.add_argument("--force", action="store_true",
+                   help="raise OpenStack Nova instances too (skipped otherwise: Nova "
+                        "redefines them at the next start or hard reboot), with a warning")
     add_connect_options(p)
     add_judgement_options(p)
 
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import sys
 
     from ..libvirtd import client as lc
     from ..libvirtd.reconcile import raise_record, reconcile
@@ -63,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         for dom in doms:
             name = dom.name()
             try:
-                out = reconcile(conn, dom, judge, dry_run=args.dry_run)
+                out = reconcile(conn, dom, judge, dry_run=args.dry_run, force=args.force)
             except lc.LibvirtUnreachable:
                 raise
             except MemlockGuardError as e:
@@ -73,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
                 if args.format != "json":
                     print(f"{name}: error: {e}")
                 continue
+            if args.force and out.report is not None and out.report.domain.nova is not None \
+                    and out.result is not None and out.result.changed:
+                print(f"memlock-guard: warning: {name} is an OpenStack Nova instance: the "
+                      f"hard_limit lasts only until Nova's next hard reboot, stop/start, "
+                      f"resize or migration, which redefine the domain", file=sys.stderr)
             if out.written:
                 audit.log(policy.audit_log, raise_record(out, op="apply"))
             doc = _doc(out, args.dry_run)

@@ -19,6 +19,12 @@ persistent domain:
 So 'virsh define' then 'virsh start' just works: by the time the VM starts, its
 <memtune><hard_limit> covers what VFIO will pin, and the hook lets it through.
 
+OpenStack Nova instances (<metadata><nova:instance>) are judged but not raised: Nova
+redefines them from the flavor and image right before every start, a race no reconciler
+wins, and the raise would not outlive the next hard reboot. A short one is logged with
+that reason; the fix is in the flavor or image ('memlock-guard explain'). --force raises
+them anyway, with a warning.
+
 If libvirtd goes away (restart, upgrade), it reconnects with exponential backoff and
 jitter, then resyncs, so domains defined meanwhile are handled too. When the policy
 file changes, it is re-read and every domain is judged again. Each raise is one JSON
@@ -47,6 +53,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "(default: every domain)")
     p.add_argument("--verbose", "-v", action="store_true",
                    help="log every judgement, not only raises and errors")
+    p.add_argument("--force", action="store_true",
+                   help="raise OpenStack Nova instances too (skipped otherwise: Nova "
+                        "redefines them at the next start or hard reboot), with a warning")
     add_connect_options(p)
     add_judgement_options(p)
 
@@ -88,5 +97,5 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     watcher = Watcher(uri(args), source, lambda conn, pol: make_judge(args, conn, pol),
                       dry_run=args.dry_run, resync_interval=args.resync_interval,
-                      match=args.match)
+                      match=args.match, force=args.force)
     return watcher.run(stop)

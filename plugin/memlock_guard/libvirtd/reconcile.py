@@ -98,9 +98,11 @@ class Reconciled:
 
 
 def reconcile(conn: Any, dom: Any, judge: Judge, *, dry_run: bool = False,
+              force: bool = False,
               before_commit: Callable[[int], None] | None = None) -> Reconciled:
     """Raise ``dom``'s persistent hard_limit where it is short (see module docstring).
 
+    An OpenStack Nova instance is judged but skipped unless ``force``: see nova_skip().
     ``before_commit(attempt)`` runs between judging and the final re-read; tests use it
     to race a ``virsh define`` against us deterministically.
     """
@@ -112,6 +114,9 @@ def reconcile(conn: Any, dom: Any, judge: Judge, *, dry_run: bool = False,
     xml = lc.persistent_xml(dom)
     for attempt in range(1, MAX_ATTEMPTS + 1):
         report, p = judge(xml)
+        if report.domain.nova is not None and not force:
+            return Reconciled(name, uuid, None, report, p, False, attempt,
+                              skipped=nova_skip(report))
         result = applymod.apply_to_xml(xml, report, name=name)
         if not result.changed or dry_run:
             return Reconciled(name, uuid, result, report, p, False, attempt)
@@ -125,6 +130,24 @@ def reconcile(conn: Any, dom: Any, judge: Judge, *, dry_run: bool = False,
         return Reconciled(name, uuid, result, report, p, True, attempt)
     raise MemlockGuardError(f"{name}: the definition changed {MAX_ATTEMPTS} times while it "
                             f"was being judged; not redefined (run apply again)")
+
+
+def nova_skip(report: Report) -> str:
+    """Why a Nova instance is left alone: Nova redefines it from the flavor and image at
+    every start, hard reboot, resize and migration (driver.py _hard_reboot ->
+    _get_guest_xml -> defineXML), so our hard_limit would be lost, and Nova's own
+    define-then-start leaves no moment in which a reconciler could win the race."""
+    from ..support.units import human
+
+    nova = report.domain.nova
+    assert nova is not None
+    v = report.verdict
+    state = (f"short by {human(-v.headroom)}" if v.headroom is not None and v.headroom < 0
+             else v.fit.value)
+    return (f"OpenStack Nova instance {nova.name or '?'!r} (flavor {nova.flavor or '?'!r}), "
+            f"{state}: Nova redefines this domain at every start and hard reboot, so a "
+            f"hard_limit written here would not last; change the flavor or image instead "
+            f"(memlock-guard explain {report.domain.name} lists how), or --force")
 
 
 def raise_record(outcome: Reconciled, *, op: str, trigger: str | None = None) -> dict[str, Any]:

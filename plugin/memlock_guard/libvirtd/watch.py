@@ -127,13 +127,14 @@ class Watcher:
     def __init__(self, uri: str, policy: PolicySource,
                  make_judge: Callable[[Any, policy_model.Policy], Judge], *,
                  dry_run: bool = False, resync_interval: float = 300.0,
-                 match: str = "*",
+                 match: str = "*", force: bool = False,
                  backoff: lc.Backoff = lc.WATCH_BACKOFF,
                  keepalive: tuple[int, int] = (5, 3)) -> None:
         self.uri = uri
         self.policy = policy
         self.make_judge = make_judge
         self.dry_run = dry_run
+        self.force = force  # raise OpenStack Nova instances too
         self.match = match
         self.resync_interval = resync_interval
         self.backoff = backoff
@@ -311,7 +312,7 @@ class Watcher:
                 log.debug("%s: our own definition (%s), not judged again", name, trigger)
                 return
             self.stats["judged"] += 1
-            out = reconcile(conn, dom, judge, dry_run=self.dry_run)
+            out = reconcile(conn, dom, judge, dry_run=self.dry_run, force=self.force)
         except (lc.LibvirtUnreachable, lc.DomainGone) as e:
             if isinstance(e, lc.DomainGone):
                 return  # undefined since the event or the listing: nothing to do
@@ -331,9 +332,16 @@ class Watcher:
             self._error(dom, trigger, f"internal error: {type(e).__name__}: {e}", judge)
             return
         if out.result is None or not out.result.changed:
-            log.debug("%s: %s (%s)", name, out.result.plan.reason if out.result else
-                      out.skipped, trigger)
+            short = out.report is not None and out.report.verdict.fit.value == "short"
+            # A short Nova instance is worth a line: only its flavor or image can fix it.
+            (log.info if out.result is None and short else log.debug)(
+                "%s: %s (%s)", name, out.result.plan.reason if out.result else out.skipped,
+                trigger)
             return
+        if out.report is not None and out.report.domain.nova is not None:
+            log.warning("%s is an OpenStack Nova instance (--force): the hard_limit lasts "
+                        "only until Nova's next hard reboot, stop/start, resize or migration",
+                        name)
         record = raise_record(out, op="watch", trigger=trigger)
         if self.dry_run:
             record["dry_run"] = True
