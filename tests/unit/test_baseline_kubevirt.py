@@ -143,18 +143,18 @@ def test_versions_parse(text: str, parsed: str):
 
 @pytest.mark.parametrize("text", ["0.59", "1.10.0", "2.0", "latest", "1.8.3.1", ""])
 def test_unknown_versions_are_refused_naming_what_is_known(text: str):
-    with pytest.raises(InputError, match="1.0.0 ... 1.9.x"):
+    with pytest.raises(InputError, match=r"1\.0\.0 \.\.\. 1\.9\.x"):
         parse_version(text)
 
 
 def test_main_sorts_after_every_release():
-    assert MAIN > KubevirtVersion(False, 1, 9, 99)
+    assert KubevirtVersion(False, 1, 9, 99) < MAIN
     assert str(MAIN) == "main"
 
 
 @pytest.mark.parametrize("text", ["0.9", "abc", "1.5e3", "-2", "nan", ""])
 def test_bad_ratios_are_refused(text: str):
-    with pytest.raises(InputError, match="at least 1.0"):
+    with pytest.raises(InputError, match=r"at least 1\.0"):
         parse_ratio(text)
 
 

@@ -159,10 +159,15 @@ def test_entities_are_refused():
 VALID = [FULL, doc(""), doc("<adjust/>"), doc("<zero-page-allowance>unlimited"
                                                "</zero-page-allowance>"),
          doc("<margin unit='GiB'> 1 </margin><mode> tolerant </mode>"),
-         doc("<plugins/>")]
+         doc("<plugins/>"),
+         doc("<kubevirt-version>v1.8.3</kubevirt-version>"
+             "<kubevirt-overhead-ratio>1.5</kubevirt-overhead-ratio>"),
+         doc("<kubevirt-version>main</kubevirt-version>")]
 INVALID = [doc("<mode>x</mode>"), doc("<mode/><mode/>"), doc("<foo/>"),
            doc("<margin unit='q'>1</margin>"), doc("<adjust><x/></adjust>"),
-           doc("<on-error>maybe</on-error>"), doc("<audit-log>x</audit-log>")]
+           doc("<on-error>maybe</on-error>"), doc("<audit-log>x</audit-log>"),
+           doc("<kubevirt-version>latest</kubevirt-version>"),
+           doc("<kubevirt-overhead-ratio>1,5</kubevirt-overhead-ratio>")]
 
 
 @pytest.mark.parametrize("data", VALID + INVALID)
@@ -177,6 +182,27 @@ def test_the_relaxng_schema_and_the_checks_agree(data: bytes):
         accepted = False
     assert schema.validate(etree.fromstring(data)) is accepted
     assert accepted is (data in VALID)
+
+
+def test_kubevirt_settings_are_read_normalised_and_reach_the_settings():
+    p = pol.parse(doc("<kubevirt-version> v1.8 </kubevirt-version>"
+                      "<kubevirt-overhead-ratio>2.25</kubevirt-overhead-ratio>"))
+    assert (p.kubevirt_version, p.kubevirt_overhead_ratio) == ("1.8.0", "2.25")
+    s = policy_model.to_settings(p)
+    assert (s.kubevirt_version, s.kubevirt_overhead_ratio) == ("1.8.0", "2.25")
+    assert policy_model.to_settings(policy_model.DEFAULTS).kubevirt_version == \
+        Settings().kubevirt_version
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    ("<kubevirt-version>1.10</kubevirt-version>", "say main"),
+    ("<kubevirt-version>0.59</kubevirt-version>", "1.0.0 ... 1.9.x"),
+    ("<kubevirt-overhead-ratio>0.5</kubevirt-overhead-ratio>", "at least 1.0")])
+def test_kubevirt_values_the_grammar_allows_but_kubevirt_does_not_are_refused(
+        body: str, words: str):
+    with pytest.raises(InputError, match=r"line 1: <kubevirt-") as e:
+        pol.parse(doc(body))
+    assert words in str(e.value)
 
 
 def test_the_schema_is_shipped_inside_the_package():
@@ -279,7 +305,9 @@ def test_children_without_a_namespace_count_as_ours():
 
 @pytest.mark.parametrize("element", ["<on-error>allow</on-error>",
                                      "<plugins><allow>x</allow></plugins>",
-                                     "<audit-log>/dev/null</audit-log>"])
+                                     "<audit-log>/dev/null</audit-log>",
+                                     "<kubevirt-version>1.9</kubevirt-version>",
+                                     "<kubevirt-overhead-ratio>2</kubevirt-overhead-ratio>"])
 def test_host_only_settings_cannot_be_set_per_domain(element: str):
     d = parse_domain(with_metadata(f'<policy xmlns="{NS}">{element}</policy>'))
     with pytest.raises(InputError, match="only be set in the host policy file"):

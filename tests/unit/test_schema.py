@@ -37,8 +37,11 @@ def check_report(doc: dict[str, Any]) -> None:
     if doc["containers"]["count"] == 0:
         assert req == {"strict": 0, "tolerant": 0}
     limit = doc["effective_limit"]["bytes"]
+    demand = doc["effective_limit"]["demand_bytes"] or 0
     if limit is not None:
-        assert doc["headroom_bytes"] == limit - req[doc["mode"]]
+        assert doc["headroom_bytes"] == limit - max(req[doc["mode"]], demand)
+    assert (doc["remedies"] != []) is (doc["verdict"] == "short")
+    assert all(r["platform"] == doc["platform"] for r in doc["remedies"])
     assert doc["recommended_hard_limit_bytes"] >= max(req[doc["mode"]], doc["footprint_bytes"])
     assert doc["recommended_hard_limit_bytes"] % MiB == 0
 
@@ -75,6 +78,24 @@ def test_examples_validate_under_every_baseline(capsys, pinned_host_file, platfo
     for example in sorted(EXAMPLES.glob("*.xml")):
         doc = estimate_json(capsys, example, pinned_host_file, "--platform", platform,
                             "--libvirt-version", version, "--kubevirt-version", "main")
+        assert doc is not None
+        check_report(doc)
+
+
+KUBEVIRT = ROOT / "tests" / "data" / "kubevirt"
+NOVA = ROOT / "tests" / "data" / "nova"
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.7", "1.8.2", "1.8.3", "main"])
+@pytest.mark.parametrize("ratio", [[], ["--kubevirt-overhead-ratio", "1.5"]])
+def test_kubevirt_and_nova_fixtures_validate(capsys, pinned_host_file, version, ratio):
+    for xml, extra in [(KUBEVIRT / "kubevirt-domain-gpu2-viommu.xml", ["--platform",
+                                                                       "kubevirt"]),
+                       (KUBEVIRT / "kubevirt-domain-mixed.xml", ["--platform", "kubevirt"]),
+                       (NOVA / "nova-domain-gpu-viommu.xml", ["--libvirt-version", "8.0.0"]),
+                       (NOVA / "nova-domain-locked.xml", [])]:
+        doc = estimate_json(capsys, xml, pinned_host_file, "--kubevirt-version", version,
+                            *ratio, *extra)
         assert doc is not None
         check_report(doc)
 

@@ -124,8 +124,8 @@ def _nova(report: Report) -> tuple[Remedy, ...]:
                       f"lock the guest's memory with the flavor property hw:locked_memory=true "
                       f"(Nova 26+; {need}), so libvirt sets no limit at all: {cmd}; {resize}",
                       cmd))
-    shared = sum(i.bytes * (i.containers - 1) for i in led.items if i.containers > 1)
-    if d.iommu is not None and len(d.vfio_devices) > 1:
+    if d.iommu is not None and len(d.vfio_devices) > 1 and _fits_without_viommu(report):
+        shared = sum(i.charged - i.bytes for i in led.items if i.containers > 1)
         spec = nova.extra_spec("hw:viommu_model")
         image = nova.image_property("hw_viommu_model")
         where = (f"the flavor's hw:viommu_model={spec!r}" if spec is not None
@@ -133,32 +133,50 @@ def _nova(report: Report) -> tuple[Remedy, ...]:
                  else "hw:viommu_model (flavor) or hw_viommu_model (image)")
         out.append(Remedy("nova", "drop-viommu",
                           f"drop the vIOMMU, {where}: its {len(d.vfio_devices)} VFIO devices "
-                          f"then share one container, saving about {human(shared)}"
+                          f"then share one container, {human(shared)} less to pin, and "
+                          f"libvirt's own limit covers the rest"
                           + ("; " + resize if spec is not None else ""),
                           "openstack flavor unset NEW_FLAVOR --property hw:viommu_model"
                           if spec is not None or image is None else
                           f"openstack image unset --property hw_viommu_model "
                           f"{nova.image or 'IMAGE'}"))
-    video = [i for i in led.biggest(4) if i.kind is Kind.VIDEO]
+    video = [i for i in led.biggest(4) if i.kind is Kind.VIDEO and i.bytes > _NOVA_VRAM]
     vram = nova.image_property("hw_video_ram")
-    if video and (vram is not None or not nova.detailed):
+    short = -(report.verdict.headroom or 0)
+    saved = sum((i.bytes - _NOVA_VRAM) * i.containers for i in video[:1])
+    if video and (vram is not None or not nova.detailed) and saved >= short:
         cap = nova.extra_spec("hw_video:ram_max_mb")
         now = f"now {vram} MiB" if vram is not None else "if the image sets it"
         capped = f"; the flavor caps it at hw_video:ram_max_mb={cap}" if cap else ""
         image = nova.image or "IMAGE"
+        mib = _NOVA_VRAM // MiB
         out.append(Remedy("nova", "video-ram",
                           f"give the guest less video RAM with the image property "
-                          f"hw_video_ram ({now}{capped}; {video[0].source} is "
-                          f"{human(video[0].charged)} of the ledger): openstack image set "
-                          f"--property hw_video_ram=16 {image} for new instances, and for "
-                          f"this one, stopped, nova-manage image_property set {server} "
-                          f"--property hw_video_ram=16 (Nova 25+)",
-                          f"openstack image set --property hw_video_ram=16 {image}"))
+                          f"hw_video_ram ({now}{capped}; {video[0].source} pins "
+                          f"{human(video[0].charged)}, {human(saved)} of it above {mib} MiB): "
+                          f"openstack image set --property hw_video_ram={mib} {image} for new "
+                          f"instances, and for this one, stopped, nova-manage image_property "
+                          f"set {server} --property hw_video_ram={mib} (Nova 25+)",
+                          f"openstack image set --property hw_video_ram={mib} {image}"))
     out.append(Remedy("nova", "hard-limit-one-off",
                       f"as a one-off only, {_memtune(report)} (KiB): Nova's next hard "
                       f"reboot, stop/start, resize or migration redefines the domain without "
                       f"it", _memtune(report), lasting=False))
     return tuple(out)
+
+
+# The video RAM a Nova remedy suggests: libvirt's default vram for VGA (16 MiB).
+_NOVA_VRAM = 16 * MiB
+
+
+def _fits_without_viommu(report: Report) -> bool:
+    """Whether the domain would fit with its VFIO devices in one container: the ledger
+    without the extra copies, under libvirt's limit without the vIOMMU."""
+    d, led = report.domain, report.ledger
+    required = report.verdict.required - sum(i.charged - i.bytes for i in led.items
+                                             if i.containers > 1)
+    bare = libvirt_limit(d._replace(iommu=None), report.libvirt.version)
+    return bare.bytes is None or bare.bytes >= required
 
 
 # -- KubeVirt -------------------------------------------------------------------------

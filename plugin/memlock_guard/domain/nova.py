@@ -38,6 +38,8 @@ class NovaInstance(NamedTuple):
     extra_specs: tuple[tuple[str, str], ...] = ()  # Nova 32+
     image: str | None = None  # image uuid; "" when booted from a volume (Nova 32+)
     image_properties: tuple[tuple[str, str], ...] = ()  # Nova 32+
+    # <nova:ports><nova:port uuid=...> (Nova 23+): the instance's Neutron ports.
+    ports: tuple[str, ...] = ()
     # Whether Nova wrote <nova:extraSpecs> (always, possibly empty, from 32.0.0): when
     # False, the flavor's and image's settings are simply not known here.
     detailed: bool = False
@@ -47,6 +49,27 @@ class NovaInstance(NamedTuple):
 
     def image_property(self, name: str) -> str | None:
         return _lookup(self.image_properties, name)
+
+    def detached_ports(self, root: Element) -> tuple[str, ...]:
+        """Ports that no ``<interface>`` of the domain names: what Nova detaches before a
+        live migration and hot-plugs again on the destination (direct-passthrough VIFs:
+        driver.py ``_detach_direct_passthrough_vifs``, then ``_reattach_instance_vifs``).
+        An interface names its port as OVS's ``interfaceid`` or in its ``tap`` + 11
+        characters of the uuid device name (nova/network/model.py)."""
+        seen: set[str] = set()
+        for devices in root:
+            if devices.tag != "devices":
+                continue
+            for iface in devices:
+                if iface.tag != "interface":
+                    continue
+                for el in iface.iter():
+                    for key in ("interfaceid", "dev"):
+                        value = el.get(key)
+                        if value:
+                            seen.add(value.removeprefix("tap") if key == "dev" else value)
+        return tuple(p for p in self.ports
+                     if p not in seen and p[:11] not in seen)
 
     @classmethod
     def from_metadata(cls, metadata: Element | None) -> NovaInstance | None:
@@ -76,6 +99,8 @@ class NovaInstance(NamedTuple):
             extra_specs=_pairs(flavor, q("extraSpecs"), q("extraSpec")),
             image=attr(image, "uuid"),
             image_properties=_pairs(image, q("properties"), q("property")),
+            ports=tuple(p.get("uuid") or "" for block in inst if block.tag == q("ports")
+                        for p in block if p.tag == q("port") and p.get("uuid")),
             detailed=_child(flavor, q("extraSpecs")) is not None,
         )
 

@@ -92,7 +92,7 @@ def judge(op: str, report: Report, p: Policy, root: etree._Element,
     from ..domain.edit import raise_hard_limit
 
     before = report.domain.memtune.hard_limit
-    target = max(v.recommended_hard_limit, before or 0)
+    target = max(v.recommended_hard_limit + _reattach_budget(op, report, root), before or 0)
     if not raise_hard_limit(root, target):
         return HookAnswer(EXIT_OK, record("keep", reason="hard_limit already at least the "
                                                          "recommended value"),
@@ -100,6 +100,25 @@ def judge(op: str, report: Report, p: Policy, root: etree._Element,
     xml = etree.tostring(root, encoding="unicode")
     return HookAnswer(EXIT_OK, record("adjust", hard_limit_from=before, hard_limit_to=target),
                       stdout=xml if xml.endswith("\n") else xml + "\n", cacheable=True)
+
+
+def _reattach_budget(op: str, report: Report, root: etree._Element) -> int:
+    """Room for the VFs Nova hot-plugs again after a live migration.
+
+    Nova detaches direct-passthrough VIFs before migrating and re-attaches them on the
+    destination (driver.py _detach_direct_passthrough_vifs, _reattach_instance_vifs), so
+    they are not in the XML this hook sees. Without a hard_limit libvirt would raise the
+    memlock for them at hotplug (qemuDomainAdjustMaxMemLockHostdev); with ours it stays
+    at ours, and behind a vIOMMU each VF is one more container, one more copy of the
+    guest's memory. Never worse than libvirt: budget one copy per port of
+    <nova:ports> that no interface of the XML names.
+    """
+    from ..baselines.libvirt import memory_total
+
+    d = report.domain
+    if op != "migrate" or d.nova is None or not d.has_viommu(report.libvirt.version):
+        return 0
+    return len(d.nova.detached_ports(root)) * memory_total(d, at_start=True)
 
 
 def paragraph(report: Report, p: Policy) -> str:

@@ -144,14 +144,7 @@ def _judge(vmi_json: bytes, domain_xml: bytes, environ: Mapping[str, str],
     from ..support.defaults import FACTS_CACHE
     from . import vmi as vmimod
 
-    path, named = policy_path(None, environ=environ)
-    try:
-        policy = policy_load.load(path, named=named)
-    except PolicyError as e:  # still honour an on-error that can be read from it
-        if e.on_error is not None:
-            on_error[0] = e.on_error.value
-        raise
-    on_error[0] = policy.on_error.value
+    # Bad input is exit 2 whatever the policy says, so it is read first.
     try:
         doc = vmimod.load(vmi_json, node_arch=_node_arch())
         if len(domain_xml) > MAX_XML_BYTES:
@@ -160,6 +153,14 @@ def _judge(vmi_json: bytes, domain_xml: bytes, environ: Mapping[str, str],
         domain = Domain.from_xml(root)
     except InputError as e:
         raise _BadInput(str(e)) from None
+    path, named = policy_path(None, environ=environ)
+    try:
+        policy = policy_load.load(path, named=named)
+    except PolicyError as e:  # still honour an on-error that can be read from it
+        if e.on_error is not None:
+            on_error[0] = e.on_error.value
+        raise
+    on_error[0] = policy.on_error.value
     notes: list[str] = []
     version, ratio = resolve(environ, policy, doc.launcher_image, notes)
     settings = to_settings(policy, platform="kubevirt")._replace(

@@ -36,7 +36,9 @@ class _Spans:
 
     def __init__(self) -> None:
         self.depth = 0
-        self.metadata: tuple[int, int] | None = None  # start tag, end tag ('</') offsets
+        # Offsets of the start tag and of the end event: the end tag ('</'), or just past
+        # an empty-element tag.
+        self.metadata: tuple[int, int] | None = None
         self.root_end: int | None = None
         self.ours: list[tuple[int, int]] = []  # (start tag, end tag) of our elements
         self._open: int | None = None
@@ -91,6 +93,17 @@ def _tag_end(data: bytes, at: int) -> int:
     raise ValueError("unterminated tag")
 
 
+def _empty(data: bytes, start: int) -> bool:
+    """Whether the element starting at ``start`` is an empty-element tag (``<x/>``)."""
+    return data[_tag_end(data, start) - 2] == 0x2F  # '/'
+
+
+def _element_end(data: bytes, start: int, end: int) -> int:
+    """Just past the element: expat reports an empty element's end event where its tag
+    ends, and an element's end tag ('</x>') where that starts."""
+    return _tag_end(data, start) if _empty(data, start) else _tag_end(data, end)
+
+
 def _ws_before(data: bytes, at: int) -> int:
     i = at
     while i > 0 and data[i - 1] in _WS:
@@ -105,11 +118,10 @@ def with_verdict(data: bytes, element: bytes) -> bytes:
     spans = _scan(data)
     cuts: list[tuple[int, int, bytes]] = []  # (from, to, replacement), in original offsets
     for start, end in spans.ours:
-        stop = _tag_end(data, start if start == end else end)
-        cuts.append((_ws_before(data, start), stop, b""))
+        cuts.append((_ws_before(data, start), _element_end(data, start, end), b""))
     if spans.metadata is not None:
         md_start, md_end = spans.metadata
-        if md_start == md_end:  # <metadata/>
+        if _empty(data, md_start):  # <metadata/>
             cuts.append((md_start, _tag_end(data, md_start),
                          b"<metadata>" + element + b"</metadata>"))
         else:
