@@ -16,18 +16,23 @@ run on the output gives the output again (the hook runs several times per VMI st
 from __future__ import annotations
 
 import xml.parsers.expat
-from xml.sax.saxutils import quoteattr
 
 from ..support.defaults import KUBEVIRT_VERDICT_NS, KUBEVIRT_VERDICT_PREFIX
 
 _WS = b" \t\r\n"
 
 
+# Not xml.sax.saxutils.quoteattr: importing it pulls in urllib and http.client, 30 ms
+# and megabytes the sidecar's 64M cannot spare.
+_ATTR = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
+                       "\n": "&#10;", "\r": "&#13;", "\t": "&#9;"})
+
+
 def verdict_element(attrs: dict[str, str]) -> bytes:
     """``<mgk:verdict xmlns:mgk=... a="..."/>``, attribute values escaped."""
-    parts = [f"<{KUBEVIRT_VERDICT_PREFIX}:verdict xmlns:{KUBEVIRT_VERDICT_PREFIX}="
-             f"{quoteattr(KUBEVIRT_VERDICT_NS)}"]
-    parts += [f" {k}={quoteattr(v)}" for k, v in attrs.items()]
+    parts = [f'<{KUBEVIRT_VERDICT_PREFIX}:verdict xmlns:{KUBEVIRT_VERDICT_PREFIX}='
+             f'"{KUBEVIRT_VERDICT_NS.translate(_ATTR)}"']
+    parts += [f' {k}="{v.translate(_ATTR)}"' for k, v in attrs.items()]
     return ("".join(parts) + "/>").encode()
 
 
