@@ -18,6 +18,11 @@ limits. It itemises every byte QEMU maps for DMA (guest RAM, ROMs, video RAM,
 aliases, zero-page tails), compares that with the RLIMIT_MEMLOCK QEMU will really
 get from libvirt, and reports, refuses or raises <memtune><hard_limit>.
 
+OpenStack Nova instances are told what to change in their flavor or image (Nova
+redefines them at every start). On KubeVirt, the hook sidecar
+hooks/kubevirt/onDefineDomain judges each VMI inside its virt-launcher pod (README:
+"OpenStack Nova", "KubeVirt").
+
 Run 'memlock-guard VERB --help' for each verb's options and examples."""
 
 

@@ -282,6 +282,16 @@ def test_bad_arguments_are_one_line_with_the_usage(argv: list[str], policy: Path
     assert "usage: onDefineDomain --vmi <VMI JSON> --domain <domain XML>" in line
 
 
+def test_help_says_how_to_call_it_and_what_it_reads():
+    out = subprocess.run([sys.executable, str(HOOK_DIR / "onDefineDomain"), "--help"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0 and out.stderr == ""
+    assert out.stdout.startswith("usage: onDefineDomain --vmi <VMI JSON> --domain <domain XML>")
+    for name in ("MEMLOCK_GUARD_KUBEVIRT_VERSION", "MEMLOCK_GUARD_KUBEVIRT_OVERHEAD_RATIO",
+                 "MEMLOCK_GUARD_POLICY"):
+        assert name in out.stdout
+
+
 def test_a_vmi_over_the_size_cap_is_refused_before_parsing():
     from memlock_guard.kubevirt.sidecar import run
     from memlock_guard.support.defaults import MAX_VMI_JSON_BYTES

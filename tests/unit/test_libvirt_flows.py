@@ -175,6 +175,9 @@ def test_explain(td: Driver, capsys: pytest.CaptureFixture[str]) -> None:
     assert "side by side:" in text
     assert "libvirt 9.0.0, no hard_limit (libvirt-formula)" in text
     assert "(newest rules)" in text and "KubeVirt 1.9" in text
+    # In a virt-launcher pod the pod's libvirt asks for 2 x 4 GiB + 1 GiB (NVMe counts
+    # since 9.3), above virt-handler's memory + overhead.
+    assert "SHORT by 3.72 GiB (QEMU cannot start: libvirt in the pod asks for 9 GiB)" in text
     assert "verdict: SHORT by" in text
 
     cli.main(mg(td, "apply", "mgt-explain"))

@@ -12,7 +12,15 @@ Reads a libvirt domain XML (a file, or - for stdin) and prints one line per regi
 that QEMU will map for DMA: guest RAM, firmware, video RAM BARs, option ROMs, each
 with its size, backing and how many VFIO containers pin it. Then the bytes the kernel
 will charge in strict and tolerant accounting, the limit QEMU will really get (and
-why), libvirt's and KubeVirt's baselines, and the verdict.
+why), libvirt's and KubeVirt's baselines, and the verdict. When it is short, an
+OpenStack Nova instance (<metadata><nova:instance>) gets remedies in Nova's terms (flavor
+and image properties; Nova redefines the domain at every start), and --platform kubevirt
+gets KubeVirt's (reservedOverhead, the overhead ratio, an upgrade), with their numbers.
+
+--platform kubevirt judges the domain as in a virt-launcher pod of --kubevirt-version:
+the pod's libvirt sets QEMU's limit to its own number, which must fit under the limit
+virt-handler gives (above it QEMU cannot start). The KubeVirt sidecar
+(hooks/kubevirt/onDefineDomain) does the same with the real VMI.
 
 Nothing is changed and libvirt is not contacted; host facts (ROM file sizes, kernel,
 libvirt version) are read from this machine unless --host-facts overrides them.
@@ -21,6 +29,7 @@ examples:
   memlock-guard estimate --xml examples/gpu-passthrough.xml
   virsh dumpxml vm1 | memlock-guard estimate --xml - --format json
   memlock-guard estimate --xml vm.xml --mode tolerant --libvirt-version 8.0.0
+  memlock-guard estimate --xml dom.xml --platform kubevirt --kubevirt-version 1.8.2
 
 exit status: 0 an estimate was made (whatever the verdict), 2 bad input."""
 

@@ -20,9 +20,14 @@ Reads a domain from libvirt (its persistent definition, which the next start use
 
 Below the report, the limits QEMU would get under each rule, side by side against the
 requirement: this definition as it stands, libvirt's formula without a hard_limit
-(for the daemon's libvirt and for the newest rules), KubeVirt's, and the recommended
-hard_limit. If memlock-guard set the hard_limit, it says so, and whether devices changed
-since.
+(for the daemon's libvirt and for the newest rules), KubeVirt's (the libvirt inside a
+virt-launcher pod under virt-handler's limit), and the recommended hard_limit. If
+memlock-guard set the hard_limit, it says so, and whether devices changed since.
+
+When the domain is short and is an OpenStack Nova instance (<metadata><nova:instance>),
+or with --platform kubevirt, the report ends with the remedies in that platform's terms:
+flavor and image properties for Nova (which redefines the domain at every start and hard
+reboot), KubeVirt settings with their numbers for KubeVirt.
 
 --measured (a running domain, on this host, as root; implies --live) puts the ledger
 side by side with the running QEMU, item by item: the bytes of each item's mapping
@@ -145,7 +150,8 @@ def side_by_side(r: Report) -> list[dict[str, Any]]:
         verdict = ("unlimited" if limit is None else "not set" if limit == 0
                    else "fits" if headroom is not None and headroom >= 0 else "short")
         rows.append({"rule": rule, "bytes": limit, "source": source, "verdict": verdict,
-                     "headroom_bytes": None if verdict == "not set" else headroom})
+                     "headroom_bytes": None if verdict == "not set" else headroom,
+                     "demand_bytes": demand})
 
     v = r.verdict
     row("this definition", v.limit.bytes, v.limit.source, v.limit.demand)
@@ -182,6 +188,9 @@ def _table(r: Report, rows: list[dict[str, Any]]) -> str:
             hr = x["headroom_bytes"]
             verdict = (f"fits, headroom {human(hr)}" if x["verdict"] == "fits"
                        else f"SHORT by {human(-hr)}")
+            if x["demand_bytes"] is not None and x["demand_bytes"] > x["bytes"]:
+                verdict += (f" (QEMU cannot start: libvirt in the pod asks for "
+                            f"{human(x['demand_bytes'])})")
         else:
             verdict = x["verdict"]
         limit = "unlimited" if x["bytes"] is None else human(x["bytes"])

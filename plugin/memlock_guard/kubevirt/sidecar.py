@@ -37,6 +37,8 @@ from ..support.defaults import (
     KUBEVIRT_RATIO_ENV,
     KUBEVIRT_VERSION_ENV,
     MAX_XML_BYTES,
+    POLICY_ENV_VAR,
+    POLICY_PATH,
 )
 from ..support.errors import InputError
 
@@ -47,6 +49,24 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_REFUSE, EXIT_BAD_INPUT = 0, 1, 2
 DEADLINE_SECONDS = 30  # half of the shim's gRPC deadline (1 minute)
 USAGE = "usage: onDefineDomain --vmi <VMI JSON> --domain <domain XML>"
+HELP = f"""{USAGE}
+
+memlock-guard's KubeVirt hook sidecar. KubeVirt's sidecar shim runs it before every
+domain definition in a virt-launcher pod. It prints the domain XML (with memlock-guard's
+verdict in <metadata>) when QEMU's locked-memory limit in the pod fits what VFIO will pin,
+and exits 1 with one paragraph and KubeVirt remedies when it does not (on-shortfall
+refuse), which fails the VMI's sync.
+
+environment:
+  {KUBEVIRT_VERSION_ENV:<38} the cluster's KubeVirt, e.g. 1.8.3 or main
+  {KUBEVIRT_RATIO_ENV:<38} its CR's additionalGuestMemoryOverheadRatio ("" = unset)
+  {POLICY_ENV_VAR:<38} policy file (default {POLICY_PATH})
+
+By hand, with a VMI and the domain XML virt-launcher built:
+  onDefineDomain --vmi "$(kubectl get vmi NAME -o json)" --domain "$(cat domain.xml)"
+
+exit status: 0 passed through, 1 refused (or on-error refuse), 2 bad arguments or input.
+See README.md, "KubeVirt"."""
 
 
 class Answer(NamedTuple):
@@ -107,6 +127,8 @@ def parse_args(argv: list[str]) -> tuple[bytes, bytes]:
 
 def run(argv: list[str], environ: Mapping[str, str]) -> Answer:
     """One invocation; never raises."""
+    if argv in (["-h"], ["--help"]):
+        return Answer(EXIT_OK, (HELP + "\n").encode(), ())
     try:
         vmi_json, domain_xml = parse_args(argv)
     except InputError as e:
