@@ -28,7 +28,8 @@ pkgs=(libvirt-dev pkg-config gcc)
 ((with_packaging)) && pkgs+=(git debhelper dh-python pybuild-plugin-pyproject python3-all
                             python3-setuptools python3-wheel python3-venv lintian rpm rpmlint
                             python3-lxml python3-pluggy python3-libvirt python3-tenacity
-                            python3-pytest python3-hypothesis python3-jsonschema)
+                            python3-pytest python3-hypothesis python3-jsonschema
+                            python3-jinja2 python3-yaml)
 python3 -c 'import venv, ensurepip' 2>/dev/null || pkgs+=(python3-venv)
 
 missing=()

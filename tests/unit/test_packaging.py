@@ -117,9 +117,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
             else:
                 shutil.copy2(s, ctx / s.name)
     wheels = tmp_path_factory.mktemp("wheels")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(wheels), str(ctx)], check=True,
-                   capture_output=True, timeout=300)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                            "--no-build-isolation", "-w", str(wheels), str(ctx)],
+                           capture_output=True, text=True, timeout=300, check=False)
+    assert built.returncode == 0, f"the wheel does not build from what is copied: {built.stderr}"
     (wheel,) = wheels.glob("memlock_guard-*.whl")
     target = tmp_path_factory.mktemp("site")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
