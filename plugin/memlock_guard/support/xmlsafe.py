@@ -26,9 +26,9 @@ from typing import IO
 
 from lxml import etree
 
+from .defaults import MAX_XML_BYTES
 from .errors import InputError
 
-MAX_XML_BYTES = 16 * 1024 * 1024
 MAX_ELEMENTS = 100_000
 MAX_DEPTH = 256  # libxml2's limit without XML_PARSE_HUGE; informs the message only
 _E = etree.ErrorTypes
