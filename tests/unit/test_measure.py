@@ -343,6 +343,9 @@ class FakeTarget:
         self.calls.append("destroy")
         self.active = False
 
+    def state(self) -> tuple[str, str]:
+        return ("running", "unpaused") if self.active else ("shut off", "destroyed")
+
 
 def test_measure_now_json(monkeypatch, capsys, pinned_host_file):
     target = FakeTarget(active=True, flatviews=[data("q35-dimm.mtree-f.txt")])

@@ -29,6 +29,7 @@ monitor text); the classes at the end talk to libvirt (libvirt-python, else virs
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from ..support.units import MiB
 from .mappings import Snapshot, looks_like_seabios, post_finished, snapshot
 from .peak import BarInterval, Sample, bar_intervals, boot_peak, parts_of, rom_counts
 from .qemu_text import (
+    BarEvent,
     MeasureError,
     RamBlock,
     guest_ram_regions,
@@ -46,6 +48,12 @@ from .qemu_text import (
     parse_ramblocks,
 )
 from .target import Target
+from .watch import GuestWatch, Stop, log_size
+
+# A PCI device's ROM BAR block (pci_add_option_rom): "0000:00:03.0/virtio-net-pci.rom",
+# "0000:00:02.0:00.0/e1000e.rom" behind a bridge; not qxl's "qxl.vrom" (BAR2).
+_DEVICE_ROM = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7](?::[0-9a-f]{2}\.[0-7])*/"
+                         r"[^/]+\.rom$")
 
 TRACE_EVENTS = ("pci_update_mappings_add", "pci_update_mappings_del")
 
@@ -104,6 +112,11 @@ def measure_boot(target: Target, *, settle: float = 3.0, timeout: float = 60.0,
     event) for ``settle`` seconds, or after ``timeout`` seconds. Under SeaBIOS the
     quiet period only starts once POST is over (``post_finished``): SeaBIOS can be
     silent for seconds between programming the BARs and running the option ROMs.
+
+    Not a measurement (MeasureError, so ``measure`` exits 2): the guest stopped running
+    (watch.py: a crash, a KVM internal error, a shut-off) before its firmware had mapped
+    its devices; or the trace worked but shows no BAR event at all although QEMU made
+    ROM BARs (``info ramblock``) for the firmware to map.
     """
     if target.is_active():
         raise MeasureError(f"domain {target.name} is running: --boot starts it itself "
@@ -112,11 +125,13 @@ def measure_boot(target: Target, *, settle: float = 3.0, timeout: float = 60.0,
         raise MeasureError(f"domain {target.name} is transient: --boot needs a defined "
                            "domain it can start and destroy")
     warnings: list[str] = []
-    log_offset = _file_size(target.log_path)
+    log_offset = log_size(target.log_path)
     target.start_paused()
     try:
         xml = target.xml()
         guest_ram = _guest_ram(target)
+        ramblocks = parse_ramblocks(target.hmp("info ramblock"))
+        rom_blocks = _rom_blocks(ramblocks)
         traced = _enable_trace(target, warnings)
         if traced and observer is not None:
             _enable_events(target, observer.trace_events, warnings)
@@ -129,8 +144,16 @@ def measure_boot(target: Target, *, settle: float = 3.0, timeout: float = 60.0,
         log = _LogTail(target.log_path, log_offset) if traced else None
         target.resume()
         resumed = last_change = clock()
+        watch = GuestWatch(target, log_offset, resumed, clock=clock)
         while True:
-            s = _sample(target, guest_ram, clock)
+            try:
+                s = _sample(target, guest_ram, clock)
+            except MeasureError:
+                stop = watch.poll(force=True)  # the monitor fails once QEMU has gone
+                if stop is None:
+                    raise
+                _stopped(target, stop, post_done, rom_blocks, log, warnings)
+                break
             if s.snapshot.mappings != samples[-1].snapshot.mappings:
                 last_change = s.t1
             samples.append(s)
@@ -138,6 +161,10 @@ def measure_boot(target: Target, *, settle: float = 3.0, timeout: float = 60.0,
                 post_done, last_change = True, s.t1
             if log is not None and log.grew():
                 last_change = clock()
+            stop = watch.poll()
+            if stop is not None:
+                _stopped(target, stop, post_done, rom_blocks, log, warnings)
+                break
             now = clock()
             if now - resumed >= timeout:
                 if not post_done:
@@ -147,13 +174,22 @@ def measure_boot(target: Target, *, settle: float = 3.0, timeout: float = 60.0,
             if post_done and now - last_change >= settle:
                 break
         duration = clock() - resumed
-        ramblocks = parse_ramblocks(target.hmp("info ramblock"))
         log_text = log.read_all() if log is not None else ""
         events = parse_bar_trace(log_text)
         if observer is not None:
-            observer.done(target, log_text)
-    finally:
-        target.destroy()
+            if target.is_active():
+                observer.done(target, log_text)
+            else:
+                warnings.append("the guest had stopped: its pages could not be read")
+    except BaseException:
+        _destroy(target, quietly=True)  # the first error is the one to report
+        raise
+    _destroy(target, quietly=False)
+    if traced and not events and rom_blocks:
+        raise MeasureError(
+            f"{target.name}: no BAR trace event in {target.log_path}, although the domain "
+            f"has {_count(rom_blocks, 'ROM BAR')} to map ({', '.join(rom_blocks)}): its "
+            "firmware never got as far as mapping them, so this is no measurement")
     if traced and not events:
         warnings.append(f"no BAR trace events found in {target.log_path}: ROM BARs shorter "
                         "than the sampling interval may be missed")
@@ -161,6 +197,11 @@ def measure_boot(target: Target, *, settle: float = 3.0, timeout: float = 60.0,
         warnings.append("trace lines carry no timestamps (-msg timestamp=off): ROM BARs "
                         "counted only where a sample caught them")
     bars = bar_intervals(events)
+    seen = _roms_seen(events)
+    if events and seen < len(rom_blocks):
+        warnings.append(f"the domain has {_count(rom_blocks, 'ROM BAR')} "
+                        f"({', '.join(rom_blocks)}) but the firmware was seen mapping "
+                        f"{seen}: the peak may be missing one")
     peak = boot_peak(samples, bars, ramblocks)
     counts = rom_counts(ramblocks)
     last = samples[-1].snapshot
@@ -169,6 +210,49 @@ def measure_boot(target: Target, *, settle: float = 3.0, timeout: float = 60.0,
                        pre_firmware_bytes=pre_firmware, final_bytes=last.non_ram_bytes,
                        roms=tuple(b for b in bars if b.is_rom and counts(b.device)),
                        warnings=tuple(warnings), notes=peak.notes)
+
+
+def _stopped(target: Target, stop: Stop, post_done: bool, rom_blocks: tuple[str, ...],
+             log: _LogTail | None, warnings: list[str]) -> None:
+    """The guest stopped running: a failed measurement (MeasureError) unless its
+    firmware had already programmed BARs, mapped every ROM BAR the domain has, and (for
+    SeaBIOS) ended POST: then what it maps at boot was all seen."""
+    events = parse_bar_trace(log.read_all()) if log is not None else ()
+    if post_done and events and _roms_seen(events) >= len(rom_blocks):
+        warnings.append(f"the guest stopped {stop.after:.1f} s after resume ("
+                        f"{stop.describe()}), after its firmware had mapped every ROM BAR")
+        return
+    hint = (" KVM cannot run this firmware here; measure it under TCG: <domain type='qemu'>."
+            if stop.kvm_failed else "")
+    raise MeasureError(
+        f"{target.name}: the guest stopped running {stop.after:.1f} s after resume, "
+        f"before its firmware had mapped its devices ({stop.describe()}): no measurement; "
+        f"QEMU's log: {target.log_path or 'not readable here'}.{hint}")
+
+
+def _rom_blocks(ramblocks: tuple[RamBlock, ...]) -> tuple[str, ...]:
+    """The ROM BARs QEMU made (pci_add_option_rom: a "<vmsd or type>.rom" RAM block
+    under the device's path), e.g. 0000:00:03.0/virtio-net-pci.rom."""
+    return tuple(b.name for b in ramblocks if _DEVICE_ROM.match(b.name))
+
+
+def _roms_seen(events: tuple[BarEvent, ...]) -> int:
+    """How many distinct ROM BARs the trace saw mapped."""
+    return len({e.bdf for e in events if e.is_rom and e.added})
+
+
+def _count(items: tuple[str, ...], what: str) -> str:
+    return f"{len(items)} {what}" + ("" if len(items) == 1 else "s")
+
+
+def _destroy(target: Target, *, quietly: bool) -> None:
+    """Power the domain off: it may have shut off by itself (a crash) already."""
+    try:
+        if target.is_active():
+            target.destroy()
+    except MeasureError:
+        if not quietly:
+            raise
 
 
 def _sample(target: Target, guest_ram: frozenset[str], clock: Callable[[], float]) -> Sample:
@@ -197,15 +281,6 @@ def _enable_events(target: Target, names: tuple[str, ...], warnings: list[str]) 
             warnings.append(f"trace-event {ev}: {out[:120]}")
 
 
-def _file_size(path: str | None) -> int:
-    if path is None:
-        return 0
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
-
-
 class _LogTail:
     """New bytes of the domain log since the measurement began (libvirt appends)."""
 
@@ -215,7 +290,7 @@ class _LogTail:
         self.seen = offset
 
     def grew(self) -> bool:
-        size = _file_size(self.path)
+        size = log_size(self.path)
         if size > self.seen:
             self.seen = size
             return True

@@ -25,6 +25,38 @@ class Target(Protocol):
     def start_paused(self) -> None: ...
     def resume(self) -> None: ...
     def destroy(self) -> None: ...
+    def state(self) -> tuple[str, str]:
+        """libvirt's state and reason, as ``virsh domstate --reason`` names them:
+        ("running", "unpaused"), ("paused", "unknown"), ("shut off", "crashed") ..."""
+        ...
+
+
+# virDomainState and its reasons (libvirt-domain.h), named as virsh prints them
+# (virshDomainStateToString, virshDomainStateReasonToString, tools/virsh-domain-monitor.c).
+STATES = ("no state", "running", "idle", "paused", "in shutdown", "shut off", "crashed",
+          "pmsuspended")
+REASONS: dict[str, tuple[str, ...]] = {
+    "no state": ("unknown",),
+    "running": ("unknown", "booted", "migrated", "restored", "from snapshot", "unpaused",
+                "migration canceled", "save canceled", "event wakeup", "crashed",
+                "post-copy", "post-copy failed"),
+    "idle": ("unknown",),
+    "paused": ("unknown", "user", "migrating", "saving", "dumping", "I/O error",
+               "watchdog", "from snapshot", "shutting down", "creating snapshot",
+               "crashed", "starting up", "post-copy", "post-copy failed", "api error"),
+    "in shutdown": ("unknown", "user"),
+    "shut off": ("unknown", "shutdown", "destroyed", "crashed", "migrated", "saved",
+                 "failed", "from snapshot", "daemon"),
+    "crashed": ("unknown", "panicked"),
+    "pmsuspended": ("unknown",),
+}
+
+
+def state_names(state: int, reason: int) -> tuple[str, str]:
+    """virDomainGetState's numbers as the names virsh prints."""
+    name = STATES[state] if 0 <= state < len(STATES) else f"state {state}"
+    reasons = REASONS.get(name, ())
+    return name, reasons[reason] if 0 <= reason < len(reasons) else f"reason {reason}"
 
 
 def default_log_path(uri: str | None, name: str) -> str | None:
@@ -108,6 +140,10 @@ class LibvirtTarget:
     def destroy(self) -> None:
         self._call(self._dom.destroy)
 
+    def state(self) -> tuple[str, str]:
+        state, reason = self._call(self._dom.state)
+        return state_names(int(state), int(reason))
+
 
 def _libvirt_message(e: Any) -> str:
     return str(e.get_error_message() if hasattr(e, "get_error_message") else e)
@@ -156,6 +192,11 @@ class VirshTarget:
 
     def destroy(self) -> None:
         self._virsh("destroy", self.name)
+
+    def state(self) -> tuple[str, str]:
+        out = self._virsh("domstate", "--reason", self.name).strip()  # "paused (unknown)"
+        state, _, reason = out.partition(" (")
+        return state, reason.rstrip(")")
 
 
 def open_target(name: str, uri: str | None = None) -> Target:
