@@ -59,7 +59,8 @@ def assess(domain: Domain, host: HostFacts, settings: Settings = DEFAULT_SETTING
     version = settings.libvirt_version or host.libvirt_version
     if settings.platform == "kubevirt" and settings.libvirt_version is None:
         version = kv_version.launcher_libvirt  # the libvirt inside virt-launcher
-    lv = libvirt_limit(domain, version, nvlink2_bridges=host.nvlink2_bridges)
+    lv = libvirt_limit(domain, version, nvlink2_bridges=host.nvlink2_bridges,
+                       iommu_groups=host.iommu_group_map)
     kv = kubevirt_limit(vmi if vmi is not None else domain, kv_version,
                         settings.kubevirt_overhead_ratio)
     mode, why = resolve(settings.mode, host)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..accounting.report import Settings
+    from ..domain import Domain
     from ..host.facts import HostFacts
 
 
@@ -73,13 +74,18 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
 
 
-def host_facts(args: argparse.Namespace, extra_files: tuple[str, ...] = ()) -> HostFacts:
-    """This host, QEMU probed, with libvirt-python's version; --host-facts wins."""
+def host_facts(args: argparse.Namespace, domain: Domain) -> HostFacts:
+    """This host as it matters for ``domain``: its files, the IOMMU groups of its
+    hostdevs, its emulator's devices, QEMU probed, libvirt-python's version;
+    --host-facts wins."""
     from ..host import probe
+    from ..host.facts import qemu_target
 
     override = probe.load_override(args.host_facts) if args.host_facts else None
-    return probe.collect(extra_files=extra_files, probe_qemu=True,
-                         libvirt_version=libvirt_library_version(), override=override)
+    return probe.collect(extra_files=domain.named_files, probe_qemu=True,
+                         libvirt_version=libvirt_library_version(), override=override,
+                         pci_devices=domain.host_pci_devices,
+                         qemu_targets=(qemu_target(domain.arch),))
 
 
 def libvirt_library_version() -> tuple[int, int, int] | None:

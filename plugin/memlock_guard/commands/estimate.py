@@ -48,6 +48,6 @@ def run(args: argparse.Namespace) -> int:
 
     domain = parse_domain(read_xml_arg(args.xml))
     settings = settings_from_args(args)
-    report = assess(domain, host_facts(args, domain.named_files), settings)
+    report = assess(domain, host_facts(args, domain), settings)
     print(render.to_json(report) if args.format == "json" else render.to_text(report))
     return 0

@@ -157,7 +157,8 @@ def side_by_side(r: Report) -> list[dict[str, Any]]:
     row("this definition", v.limit.bytes, v.limit.source, v.limit.demand)
     versions = [r.libvirt.version] + ([LATEST] if r.libvirt.version != LATEST else [])
     for ver in versions:
-        lv = libvirt_limit(bare, ver, nvlink2_bridges=r.host.nvlink2_bridges)
+        lv = libvirt_limit(bare, ver, nvlink2_bridges=r.host.nvlink2_bridges,
+                           iommu_groups=r.host.iommu_group_map)
         label = ".".join(map(str, ver))
         if ver == LATEST and ver != r.libvirt.version:
             label += " (newest rules)"
@@ -166,7 +167,8 @@ def side_by_side(r: Report) -> list[dict[str, Any]]:
     kv = r.kubevirt
     # In a virt-launcher pod: the pod's own libvirt, under virt-handler's limit.
     pod = libvirt_limit(bare, parse_version(kv.version).launcher_libvirt,
-                        nvlink2_bridges=r.host.nvlink2_bridges)
+                        nvlink2_bridges=r.host.nvlink2_bridges,
+                        iommu_groups=r.host.iommu_group_map)
     if kv.bytes is None and not kv.unlimited and not pod.bytes:
         row(f"KubeVirt {kv.version}", 0, "kubevirt")  # neither sets a limit
     else:

@@ -186,13 +186,14 @@ def cache_host_facts(path: str) -> dict[str, object]:
     from ..support.files import write_atomically
     from .common import libvirt_library_version
 
-    facts = probe.collect(probe_qemu=True)
+    facts = probe.collect(probe_qemu=True, qemu_targets=probe.installed_targets())
     version = libvirt_library_version() or _daemon_version()
     data: dict[str, object] = {
         "libvirt_version": None if version is None else ".".join(map(str, version)),
         "qemu_version": (None if facts.qemu_version is None
                          else ".".join(map(str, facts.qemu_version))),
         "qemu_data_dirs": list(facts.qemu_data_dirs),
+        "qemu_devices": {target: list(devices) for target, devices in facts.qemu_devices},
     }
     os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
     write_atomically(path, json.dumps(data, indent=2) + "\n", 0o644)

@@ -89,7 +89,8 @@ def make_judge(args: argparse.Namespace, conn: Any, policy: Policy | None = None
 
     p = policy if policy is not None else load_policy(args)
     override = hostmod.load_override(args.host_facts) if args.host_facts else None
-    facts = hostmod.collect(probe_qemu=True, override=override)
+    facts = hostmod.collect(probe_qemu=True, override=override,
+                            qemu_targets=hostmod.installed_targets())
     # The daemon's version sets the formula, not this client library's; a host-facts
     # file or --libvirt-version still wins.
     if override is None or "libvirt_version" not in override:

@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     domain = parse_domain(m.xml.encode())
     # The same judgement as every other verb: the policy's plugins count too.
     p = for_domain(policy, domain)
-    host = host_facts(args, domain.named_files)
+    host = host_facts(args, domain)
     ledger = assess(domain, host, to_settings(p), plugin_manager(p)).ledger
     estimate, always = estimated_non_ram(ledger)
     items = [(i.source, i.bytes, i.window.value if i.window else None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from .controller import pci_number
 from .rom import Rom
 from .xmlmap import Element, attr, first_in, group, one
 
@@ -16,6 +17,7 @@ class Hostdev(NamedTuple):
     alias: str | None
     rom: Rom
     has_guest_address: bool = True  # False in hand-written XML: libvirt assigns one
+    guest_bus: int | None = None  # <address type='pci' bus=>: the guest PCI bus it sits on
 
     @property
     def is_vfio(self) -> bool:
@@ -29,6 +31,7 @@ class Hostdev(NamedTuple):
     @classmethod
     def from_xml(cls, el: Element) -> Hostdev:
         kids = group(el)
+        guest = one(kids, "address")
         return cls(
             mode=attr(el, "mode") or "subsystem",
             type=attr(el, "type"),
@@ -36,18 +39,34 @@ class Hostdev(NamedTuple):
             source=_source_label(el, first_in(kids.get("source"), "address")),
             alias=attr(one(kids, "alias"), "name"),
             rom=Rom.from_xml(one(kids, "rom")),
-            has_guest_address="address" in kids,
+            has_guest_address=guest is not None,
+            guest_bus=guest_pci_bus(guest),
         )
+
+
+def guest_pci_bus(address: Element | None) -> int | None:
+    """The bus of a PCI guest ``<address>`` (None: none, or not a PCI address)."""
+    if address is None or address.get("type") != "pci":
+        return None
+    return pci_number(address.get("bus") or "0")
+
+
+def pci_address(addr: Element | None) -> str | None:
+    """A host PCI ``<address domain= bus= slot= function=>`` as sysfs names it,
+    ``0001:01:00.0``; None when it is not one."""
+    if addr is None or addr.get("bus") is None:
+        return None
+    get = addr.get
+    try:
+        d, b, s, f = (int(get(k, "0"), 0) for k in ("domain", "bus", "slot", "function"))
+    except ValueError:
+        return None
+    return f"{d:04x}:{b:02x}:{s:02x}.{f:x}"
 
 
 def _source_label(el: Element, addr: Element | None) -> str:
     if addr is not None and addr.get("bus") is not None:
-        get = addr.get
-        parts = (get("domain", "0"), get("bus", "0"), get("slot", "0"), get("function", "0"))
-        try:
-            d, b, s, f = (int(p, 0) for p in parts)
-            return f"{d:04x}:{b:02x}:{s:02x}.{f:x}"
-        except ValueError:
-            return ":".join(parts)
+        return pci_address(addr) or ":".join(
+            addr.get(k, "0") for k in ("domain", "bus", "slot", "function"))
     uuid = attr(addr, "uuid")
     return uuid or attr(el, "type") or "hostdev"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from .hostdev import guest_pci_bus, pci_address
 from .rom import Rom
-from .xmlmap import Element, attr, firsts
+from .xmlmap import Element, attr, first_in, firsts
 
 
 class Interface(NamedTuple):
@@ -15,6 +16,8 @@ class Interface(NamedTuple):
     alias: str | None
     address_type: str | None  # pci | ccw | virtio-mmio | spapr-vio | ...
     rom: Rom
+    guest_bus: int | None = None  # <address type='pci' bus=>
+    source_pci: str | None = None  # type='hostdev': the host device, 0000:01:00.0
 
     @property
     def is_vfio(self) -> bool:
@@ -30,7 +33,8 @@ class Interface(NamedTuple):
 
     @classmethod
     def from_xml(cls, el: Element) -> Interface:
-        model, mac, alias, address, rom = firsts(el, _READ)
+        model, mac, alias, address, rom, source = firsts(el, _READ)
+        hostdev = attr(el, "type") == "hostdev"
         return cls(
             type=attr(el, "type"),
             model=_model(attr(model, "type")),
@@ -38,10 +42,13 @@ class Interface(NamedTuple):
             alias=attr(alias, "name"),
             address_type=attr(address, "type"),
             rom=Rom.from_xml(rom),
+            guest_bus=guest_pci_bus(address),
+            source_pci=pci_address(first_in([source], "address"))
+            if hostdev and source is not None else None,
         )
 
 
-_READ = ("model", "mac", "alias", "address", "rom")
+_READ = ("model", "mac", "alias", "address", "rom", "source")
 
 
 def _model(value: str | None) -> str | None:

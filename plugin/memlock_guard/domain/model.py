@@ -62,8 +62,9 @@ class Domain(NamedTuple):
     launch_security: str | None  # sev | sev-snp | s390-pv | tdx ...
     # Our own <metadata> children, serialised, keyed by local name (policy, applied).
     metadata: tuple[tuple[str, bytes], ...] = ()
-    # PCI bus numbers named by device guest addresses (<address type='pci' bus=...>):
-    # on pSeries every bus is a PHB, and libvirt adds the missing ones.
+    # The guest PCI bus of every device with a PCI address (<address type='pci' bus=>),
+    # one entry per device, sorted: on pSeries every bus is a PHB, libvirt adds the
+    # missing ones, and a bus a device sits on can no longer adopt an isolation group.
     pci_buses: tuple[int, ...] = ()
     # Derived once at parse, as every rule asks for them (see _pinning_devices):
     # labels of every VFIO device (PCI/mdev hostdevs and <interface type='hostdev'>),
@@ -98,6 +99,14 @@ class Domain(NamedTuple):
         paths = [self.firmware.loader_path]
         paths += [i.rom.file for i in self.interfaces] + [h.rom.file for h in self.hostdevs]
         return tuple(dict.fromkeys(p for p in paths if p and p.startswith("/")))
+
+    @property
+    def host_pci_devices(self) -> tuple[str, ...]:
+        """Host PCI addresses of the PCI devices passed through (hostdevs and
+        ``<interface type='hostdev'>``): libvirt isolates them by IOMMU group."""
+        found = [h.source for h in self.hostdevs if h.is_vfio and h.type == "pci"]
+        found += [i.source_pci for i in self.interfaces if i.is_vfio and i.source_pci]
+        return tuple(dict.fromkeys(found))
 
     def metadata_element(self, local_name: str) -> bytes | None:
         for key, value in self.metadata:
@@ -204,8 +213,8 @@ _NONE: list[Element] = []
 
 
 def _pci_buses(root: Element) -> tuple[int, ...]:
-    buses = {pci_number(a.get("bus")) for a in every(root, "devices/*/address")
-             if a.get("type") == "pci"}
+    buses = [pci_number(a.get("bus") or "0") for a in every(root, "devices/*/address")
+             if a.get("type") == "pci"]
     return tuple(sorted(b for b in buses if b is not None))
 
 

@@ -42,9 +42,33 @@ DEFAULT_ROM_SIZES: Mapping[str, int] = {
     "efi-pcnet.rom": 246272,
     "efi-eepro100.rom": 247808,
     "efi-vmxnet3.rom": 243712,
+    # iPXE's legacy images: the eepro100 family's class default, and the romfile
+    # pc-i440fx-1.4 gives five NICs (estimators/compat.py); each a 128 KiB BAR.
+    "pxe-eepro100.rom": 75264,
+    "pxe-e1000.rom": 75264,
+    "pxe-ne2k_pci.rom": 74752,
+    "pxe-pcnet.rom": 74752,
+    "pxe-rtl8139.rom": 75776,
+    "pxe-virtio.rom": 75776,
+    "pxe-vmxnet3.rom": 74240,
     "OVMF_CODE.fd": 1966080,
     "OVMF_CODE_4M.fd": 3653632,
 }
+
+# The display devices whose presence in a QEMU binary we record (``-device help``). A
+# build has only those its boards imply (hw/display/Kconfig): virtio-vga only where PC,
+# PSERIES, RISCV_VIRT or a LoongArch board implies VIRTIO_VGA, so Debian's aarch64 and
+# ppc64 emulators lack it, and libvirt then makes a virtio video virtio-gpu-pci
+# (qemuDomainSupportsVideoVga, QEMU_CAPS_DEVICE_VIRTIO_VGA).
+PROBED_DEVICES = ("VGA", "cirrus-vga", "qxl-vga", "qxl", "virtio-vga", "virtio-gpu-pci",
+                  "vmware-svga", "bochs-display", "ramfb")
+
+
+def qemu_target(arch: str) -> str:
+    """The emulator libvirt runs for a guest arch: qemu-system-TARGET
+    (virQEMUCapsGetDefaultEmulator, virQEMUCapsArchToString in qemu_capabilities.c)."""
+    return {"i686": "i386", "armv6l": "arm", "armv7l": "arm", "armv7b": "arm"}.get(arch, arch)
+
 
 class HostFacts(NamedTuple):
     kernel_release: str | None = None
@@ -54,6 +78,8 @@ class HostFacts(NamedTuple):
     qemu_data_dirs: tuple[str, ...] = ()
     # File name (or absolute path, for <rom file> and loaders) -> size in bytes.
     rom_files: tuple[tuple[str, int], ...] = ()
+    # Absolute paths a domain names that were looked for here and do not exist.
+    missing_files: tuple[str, ...] = ()
     libvirt_version: tuple[int, int, int] | None = None
     qemu_version: tuple[int, int, int] | None = None
     # RLIMIT_MEMLOCK that QEMU inherits when libvirt sets none (systemd: 64 MiB).
@@ -62,6 +88,13 @@ class HostFacts(NamedTuple):
     nvlink2_bridges: tuple[str, ...] = ()
     # Transparent huge pages for anonymous memory: always | madvise | never; None unknown.
     transparent_hugepage: str | None = None
+    # IOMMU group of each host PCI device a domain passes through that has one
+    # (/sys/bus/pci/devices/ADDR/iommu_group), as libvirt reads them to isolate pSeries
+    # hostdevs; None: not read (another host's report), () read and none has one.
+    iommu_groups: tuple[tuple[str, int], ...] | None = None
+    # Which PROBED_DEVICES each QEMU target's emulator has: (target, devices). A target
+    # missing here was not asked (install-hook asks every installed emulator).
+    qemu_devices: tuple[tuple[str, tuple[str, ...]], ...] = ()
     # Where each fact came from: host | default | override.
     provenance: tuple[tuple[str, str], ...] = ()
 
@@ -80,7 +113,10 @@ class HostFacts(NamedTuple):
         return _kernel_version(self.kernel_release)
 
     def rom_size(self, name: str) -> tuple[int | None, str]:
-        """(size, where it came from) for a ROM file name or absolute path."""
+        """(size, where it came from) for a ROM file name or absolute path.
+
+        An absolute path that is not here is sized by its file name, as the data
+        directories hold it (``missing_files`` says whether it was looked for)."""
         roms = _rom_index(self.rom_files)
         size = roms.get(name)
         if size is not None:
@@ -93,6 +129,18 @@ class HostFacts(NamedTuple):
         if base in DEFAULT_ROM_SIZES:
             return DEFAULT_ROM_SIZES[base], "default"
         return None, "unknown"
+
+    @property
+    def iommu_group_map(self) -> dict[str, int] | None:
+        return None if self.iommu_groups is None else dict(self.iommu_groups)
+
+    def has_device(self, arch: str, device: str) -> bool | None:
+        """Whether the emulator for ``arch`` has this QEMU device; None: not probed."""
+        target = qemu_target(arch)
+        for name, devices in self.qemu_devices:
+            if name == target:
+                return device in devices
+        return None
 
     def param(self, module: str, name: str) -> str | None:
         params = self.vfio_type1_params if module == "vfio_iommu_type1" else self.iommufd_params

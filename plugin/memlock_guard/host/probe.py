@@ -18,7 +18,7 @@ from typing import Any
 from ..support.defaults import MAX_HOST_FACTS_BYTES
 from ..support.errors import InputError
 from . import sources as host_sources
-from .facts import DEFAULT_DATA_DIRS, HostFacts, parse_version
+from .facts import DEFAULT_DATA_DIRS, PROBED_DEVICES, HostFacts, parse_version
 
 _ROM_SUFFIXES = host_sources.ROM_SUFFIXES
 
@@ -26,11 +26,16 @@ _ROM_SUFFIXES = host_sources.ROM_SUFFIXES
 def collect(*, extra_files: Iterable[str] = (), probe_qemu: bool = False,
             libvirt_version: tuple[int, int, int] | None = None,
             override: Mapping[str, Any] | None = None,
-            data_dirs: Iterable[str] = ()) -> HostFacts:
+            data_dirs: Iterable[str] = (), pci_devices: Iterable[str] = (),
+            qemu_targets: Iterable[str] = ()) -> HostFacts:
     """Read this host; ``override`` (a parsed --host-facts file) wins over what is read.
 
     ``data_dirs`` are searched for ROM files before the default directories: the hook
     cannot afford ``qemu -L help`` on every start, so it passes what install-hook learned.
+
+    ``pci_devices`` are host PCI addresses (0000:01:00.0) whose IOMMU groups to read.
+    ``qemu_targets`` (with ``probe_qemu``) are the emulators, qemu-system-TARGET, to ask
+    which display devices they have (host.facts.qemu_target gives a guest arch's).
 
     ``libvirt_version`` is the caller's to learn (the CLI asks libvirt-python, the
     reconciler the daemon, the hook install-hook's cache): this module never loads libvirt.
@@ -43,6 +48,15 @@ def collect(*, extra_files: Iterable[str] = (), probe_qemu: bool = False,
     prov: dict[str, str] = {}
     if probe_host:
         facts, prov = _probe(extra_files, probe_qemu, libvirt_version, tuple(data_dirs))
+        if probe_qemu:
+            probed = _qemu_devices(qemu_targets)
+            if probed:
+                facts = facts._replace(qemu_devices=probed)
+                prov["qemu_devices"] = "host"
+        devices = tuple(pci_devices)
+        if devices:
+            facts = facts._replace(iommu_groups=_iommu_groups(devices))
+            prov["iommu_groups"] = "host"
     if override:
         facts = _apply_override(facts, override, prov)
     return facts._replace(provenance=tuple(sorted(prov.items())))
@@ -86,13 +100,15 @@ def _probe(extra_files: Iterable[str], probe_qemu: bool,
     thp = host_sources.thp_enabled()
     if thp is not None:
         prov["transparent_hugepage"] = "host"
+    rom_files, missing = _rom_files(dirs, extra_files)
     facts = HostFacts(
         kernel_release=os.uname().release,
         vfio_type1_params=_module_params("vfio_iommu_type1"),
         iommufd_params=_module_params("iommufd"),
         iommufd_available=os.path.exists("/dev/iommu"),
         qemu_data_dirs=tuple(dirs),
-        rom_files=_rom_files(dirs, extra_files),
+        rom_files=rom_files,
+        missing_files=missing,
         libvirt_version=libvirt_version,
         qemu_version=qemu_version,
         inherited_memlock=inherited,
@@ -105,7 +121,9 @@ def _module_params(module: str) -> tuple[tuple[str, str], ...]:
     return tuple(host_sources.module_params(module))
 
 
-def _rom_files(dirs: Iterable[str], extra: Iterable[str]) -> tuple[tuple[str, int], ...]:
+def _rom_files(dirs: Iterable[str], extra: Iterable[str]
+               ) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
+    """(name or path, size) of every ROM file, and the ``extra`` paths that do not exist."""
     sizes: dict[str, int] = {}
     for d in dirs:
         try:
@@ -120,19 +138,86 @@ def _rom_files(dirs: Iterable[str], extra: Iterable[str]) -> tuple[tuple[str, in
                         sizes[e.name] = e.stat().st_size  # follows Debian's symlinks
                     except OSError:
                         continue
-    for path in extra:
+    found, missing = stat_files(extra)
+    sizes.update(found)
+    return tuple(sorted(sizes.items())), missing
+
+
+def stat_files(paths: Iterable[str]) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
+    """(path, size) of each absolute path a domain names (loader, ``<rom file>``), and
+    the paths that do not exist."""
+    sizes: list[tuple[str, int]] = []
+    missing: list[str] = []
+    for path in paths:
         if path and os.path.isabs(path):
             try:
-                sizes[path] = os.stat(path).st_size
+                sizes.append((path, os.stat(path).st_size))
+            except (FileNotFoundError, NotADirectoryError):
+                missing.append(path)
             except OSError:
-                continue
-    return tuple(sorted(sizes.items()))
+                continue  # there, but not ours to read: QEMU may be able to
+    return tuple(sizes), tuple(missing)
+
+
+def _iommu_groups(addresses: Iterable[str]) -> tuple[tuple[str, int], ...]:
+    """libvirt's virPCIDeviceAddressGetIOMMUGroupNum: the iommu_group link's name."""
+    out = {}
+    for addr in addresses:
+        try:
+            link = os.readlink(f"/sys/bus/pci/devices/{addr}/iommu_group")
+            out[addr] = int(os.path.basename(link))
+        except (OSError, ValueError):
+            continue  # no such device, or no IOMMU: libvirt does not isolate it
+    return tuple(sorted(out.items()))
+
+
+EMULATOR_DIR = "/usr/bin"  # where Debian, Fedora and Ubuntu install qemu-system-*
+RHEL_EMULATOR = "/usr/libexec/qemu-kvm"  # RHEL's only one, for the host's own arch
+
+
+def emulator(target: str) -> str:
+    return f"{EMULATOR_DIR}/qemu-system-{target}"
+
+
+def installed_targets() -> tuple[str, ...]:
+    """The QEMU targets whose qemu-system-TARGET is installed (``-microvm`` builds
+    aside: libvirt does not run them)."""
+    try:
+        names = os.listdir(EMULATOR_DIR)
+    except OSError:
+        return ()
+    return tuple(sorted(n.removeprefix("qemu-system-") for n in names
+                        if n.startswith("qemu-system-") and "-" not in n[12:]
+                        and os.access(os.path.join(EMULATOR_DIR, n), os.X_OK)))
+
+
+def _qemu_devices(targets: Iterable[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``qemu-system-TARGET -device help`` (about 50 ms each), the PROBED_DEVICES in it."""
+    import subprocess
+
+    out = []
+    for target in dict.fromkeys(targets):
+        binary = emulator(target)
+        if not os.access(binary, os.X_OK):
+            continue
+        try:
+            text = subprocess.run([binary, "-device", "help"], capture_output=True,
+                                  text=True, timeout=10, check=False).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        names = set(re.findall(r'^name "([^"]+)"', text, re.M))
+        if names:  # an emulator that lists nothing told us nothing
+            out.append((target, tuple(d for d in PROBED_DEVICES if d in names)))
+    return tuple(sorted(out))
 
 
 def _qemu_probe() -> tuple[list[str], tuple[int, int, int] | None]:
     import subprocess  # 4 ms to import: only the CLI probes QEMU, never the hook
 
-    for binary in ("/usr/bin/qemu-system-x86_64", "/usr/libexec/qemu-kvm"):
+    # The x86 emulator first, as before; on a host without one any other answers the
+    # same for -L (the data directories are the build's, not the target's).
+    others = [emulator(t) for t in installed_targets() if t != "x86_64"]
+    for binary in (emulator("x86_64"), RHEL_EMULATOR, *others):
         if not os.access(binary, os.X_OK):
             continue
         dirs: list[str] = []
@@ -169,7 +254,8 @@ def _inherited_memlock() -> int | None:
 _OVERRIDE_KEYS = {
     "probe_host", "kernel_release", "vfio_iommu_type1", "iommufd", "iommufd_available",
     "qemu_data_dirs", "rom_sizes", "libvirt_version", "qemu_version",
-    "inherited_memlock_bytes", "nvlink2_bridges", "transparent_hugepage",
+    "inherited_memlock_bytes", "nvlink2_bridges", "transparent_hugepage", "iommu_groups",
+    "qemu_devices",
 }
 
 
@@ -230,6 +316,20 @@ def _apply_override(facts: HostFacts, data: Mapping[str, Any],
                              f"{', '.join(host_sources.THP_MODES)}, or null (unknown)")
         changes["transparent_hugepage"] = v
         mark("transparent_hugepage")
+    if "iommu_groups" in data:
+        groups = {}
+        for addr, group in _dict(data["iommu_groups"], "iommu_groups").items():
+            if not isinstance(group, int) or isinstance(group, bool) or group < 0:
+                raise InputError(f"host facts: iommu_groups[{addr!r}] must be a group number")
+            groups[str(addr)] = group
+        changes["iommu_groups"] = tuple(sorted(groups.items()))
+        mark("iommu_groups")
+    if "qemu_devices" in data:
+        per_target = {str(t): tuple(sorted({_str(d, "qemu_devices") for d in
+                                            _list(v, f"qemu_devices[{t!r}]")}))
+                      for t, v in _dict(data["qemu_devices"], "qemu_devices").items()}
+        changes["qemu_devices"] = tuple(sorted(per_target.items()))
+        mark("qemu_devices")
     return facts._replace(**changes)
 
 

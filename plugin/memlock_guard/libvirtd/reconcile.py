@@ -18,7 +18,6 @@ DEFINED event and judges it again, and an ``apply`` run can simply be repeated.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 from ..accounting.report import Report, Settings, assess
 from ..domain import Domain, parse_domain
 from ..host.facts import HostFacts
+from ..host.probe import stat_files
 from ..policy import load as policymod
 from ..policy import model as policy_model
 from ..support.errors import MemlockGuardError
@@ -60,16 +60,11 @@ class Judge:
         if not self.probe_files:
             return self.host
         known = dict(self.host.rom_files)
-        extra = {}
-        for path in domain.named_files:
-            if path not in known:
-                try:
-                    extra[path] = os.stat(path).st_size
-                except OSError:
-                    continue
-        if not extra:
+        extra, missing = stat_files(p for p in domain.named_files if p not in known)
+        if not extra and not missing:
             return self.host
-        return self.host._replace(rom_files=tuple(sorted({**known, **extra}.items())))
+        return self.host._replace(rom_files=tuple(sorted({**known, **dict(extra)}.items())),
+                                  missing_files=missing)
 
     def __call__(self, xml_text: str) -> tuple[Report, policy_model.Policy]:
         domain = parse_domain(xml_text.encode())
