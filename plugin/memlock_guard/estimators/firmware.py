@@ -10,7 +10,9 @@ pflash is a ROM *device*, which VFIO skips, but QEMU before 9.1 (and machine typ
 Measured on QEMU 7.2: SeaBIOS shadows itself into RAM (PAM) within milliseconds, so
 its isa-bios alias and pc.rom are mapped only before that ("pre-firmware" window);
 under OVMF (pflash, or OVMF.fd as a -bios ROM) the isa-bios copy or alias and pc.rom
-stay mapped.
+stay mapped, and on isapc (no PAM) too. Which SeaBIOS image a machine type loads
+without a loader: compat.default_seabios (bios.bin, 128 KiB, on pc-i440fx <= 1.7 and
+isapc).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ..domain import Domain
 from ..host.facts import HostFacts
 from ..plugins.spec import hookimpl
 from ..support.units import KiB, MiB
+from .compat import default_seabios
 
 ISA_BIOS_MAX = 128 * KiB
 PC_ROM_SIZE = 128 * KiB  # PC_ROM_SIZE in hw/i386/pc.c
@@ -39,24 +42,29 @@ def memlock_guard_exposures(domain: Domain, host: HostFacts) -> Iterable[Exposur
     family = domain.machine.family
     kind = domain.firmware.kind
     out: list[Exposure] = []
-    # SeaBIOS shadows itself; OVMF (pflash or -bios) and unknown images leave both mapped.
-    shadowed = Window.PRE_FIRMWARE if _shadows_itself(domain) else None
+    # SeaBIOS shadows itself; OVMF (pflash or -bios) and unknown images leave both mapped,
+    # and so does SeaBIOS on isapc, which has no PAM to shadow with.
+    shadowed = (Window.PRE_FIRMWARE if _shadows_itself(domain) and family != "isapc"
+                else None)
     if kind == "pflash":
         if _pflash_has_isa_bios_copy(domain, host):
             out.append(Exposure("isa-bios (RAM copy of the pflash top)", ISA_BIOS_MAX,
                                 Backing.FILE_ROM, readonly=True, kind=Kind.FIRMWARE,
                                 note="QEMU < 9.1 or machine type <= 9.0", mapping="isa-bios"))
     else:
+        why = None
         if kind == "rom" and domain.firmware.loader_path:
             name = domain.firmware.loader_path
         else:
-            name = "bios-microvm.bin" if family == "microvm" else "bios-256k.bin"
+            name, why = default_seabios(domain.machine)
         size, origin = host.rom_size(name)
-        note = None
+        notes = [why] if why else []
         if size is None:
-            size, note = UNKNOWN_BIOS_SIZE, f"{name} not found on this host: assumed 4 MiB"
+            size = UNKNOWN_BIOS_SIZE
+            notes.append(f"{name} not found on this host: assumed 4 MiB")
         elif origin == "default":
-            note = f"{name} not found on this host: size from the built-in table"
+            notes.append(f"{name} not found on this host: size from the built-in table")
+        note = "; ".join(notes) or None
         out.append(Exposure(f"pc.bios ({_base(name)})", size, Backing.FILE_ROM, readonly=True,
                             kind=Kind.FIRMWARE, note=note, mapping="pc.bios"))
         out.append(Exposure("isa-bios (alias of the pc.bios top, mapped again)",

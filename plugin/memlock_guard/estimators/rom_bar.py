@@ -29,18 +29,29 @@ UNKNOWN_ROM_SIZE = 1 * MiB
 
 
 def rom_bar(host: HostFacts, file: str, label: str, *, kind: Kind = Kind.OPTION_ROM,
-            alias: str | None = None) -> list[Exposure]:
+            alias: str | None = None, note: str | None = None) -> list[Exposure]:
     """The ROM BAR's items, in the boot-rom window: firmware maps one ROM at a time.
 
     ``alias`` is the device's QEMU id (libvirt's alias), for the items' mapping key.
+    ``note`` says why this file (a compat property, an assumed model); what is learnt
+    about the file itself is added to it.
     """
     size, origin = host.rom_size(file)
-    notes = []
-    if size is None:
-        size = UNKNOWN_ROM_SIZE
+    notes = [note] if note else []
+    if file in host.missing_files:
+        notes.append(f"{file} does not exist on this host: QEMU will refuse to start "
+                     "(failed to find romfile)")
+        if size is None:
+            notes.append(f"assumed {UNKNOWN_ROM_SIZE // MiB} MiB")
+        elif origin == "default":
+            notes.append("sized by its file name, from the built-in table")
+        else:
+            notes.append("sized by its file name, as QEMU's directories hold it")
+    elif size is None:
         notes.append(f"{file} not found on this host: assumed {UNKNOWN_ROM_SIZE // MiB} MiB")
     elif origin == "default":
         notes.append(f"{file} not found on this host: size from the built-in table")
+    size = UNKNOWN_ROM_SIZE if size is None else size
     if size == 0:
         return []
     bar = pow2ceil(size)

@@ -3,7 +3,10 @@
 How libvirt's ``<video>`` becomes a QEMU device (qemu_command.c) and how big QEMU makes
 each BAR (hw/display/*.c):
 - vga     -> VGA, vgamem_mb = vram/1024; vga_common_init clamps to 1..512 MiB, pow2ceil.
-- cirrus  -> cirrus-vga: always 4 MiB (libvirt passes no size; QEMU's default).
+- cirrus  -> cirrus-vga: 4 MiB (libvirt passes no size; QEMU's default), 8 MiB on
+            machine types <= 2.8 (hw_compat_2_8, compat.py). On ARM the vram is
+            mapped only once the guest OS drives cirrus: AAVMF has no cirrus driver
+            (measured: 64 KiB, the ROM). Counted all the same, as the guest decides.
 - bochs   -> bochs-display, vgamem = vram; pow2ceil.
 - vmvga   -> vmware-svga: VGA-style vram plus a 64 KiB FIFO.
 - qxl     -> qxl-vga when primary, qxl when not. BAR0 "ram" = max(ram, 2 x vgamem)
@@ -11,14 +14,20 @@ each BAR (hw/display/*.c):
             block; BAR4 = the whole 64-bit vram, only when vram64 > vram32 (so the
             first vram32 bytes are mapped twice); BAR2 = the 8 KiB device ROM. Each
             size is a power of two (qxl_init_ramsize).
-- virtio  -> virtio-vga (8 MiB VGA RAM) when primary; virtio-gpu-pci (no RAM BAR) when not.
+- virtio  -> virtio-vga (8 MiB VGA RAM) when primary; virtio-gpu-pci (no RAM BAR) when
+            not, or when the emulator has no virtio-vga (qemuDomainSupportsVideoVga):
+            Debian's aarch64 and ppc64 builds lack it (host facts, ``-device help``;
+            not probed: assumed present, which can only over-count).
 - ramfb, none and the rest map nothing of their own.
 Only the primary VGA-compatible device carries a VGA BIOS (vgabios-*.bin) ROM BAR.
 
-A VGA-compatible primary (VGA, qxl-vga, virtio-vga, vmware-svga, cirrus) also maps
-its RAM a second time at 0xa0000 while the guest uses a chain-4 graphics mode
+On x86 a VGA-compatible primary (VGA, qxl-vga, virtio-vga, vmware-svga, cirrus) also
+maps its RAM a second time at 0xa0000 while the guest uses a chain-4 graphics mode
 (QEMU's "vga.chain4" alias, up to 128 KiB; cirrus's two 32 KiB bank aliases). OVMF's
 GOP mode does that (measured: 64 KiB). It counts as always mapped: the guest decides.
+Other machines have no such window: ARM ``virt`` maps PCI memory space to the CPU
+only through its "pcie-mmio" alias from 0x10000000 (hw/arm/virt.c create_pcie),
+pSeries from 0x80000000 (spapr_pci.c), so PCI address 0xa0000 is never seen.
 """
 
 from __future__ import annotations
@@ -27,9 +36,10 @@ from collections.abc import Callable, Iterable
 
 from ..accounting.ledger import VGA_WINDOW, Backing, Exposure, Kind, device_mapping
 from ..domain import Domain, Video
-from ..host.facts import HostFacts
+from ..host.facts import HostFacts, qemu_target
 from ..plugins.spec import hookimpl
 from ..support.units import KiB, MiB, pow2ceil
+from .compat import compat
 from .rom_bar import rom_bar
 
 # libvirt's defaults when the XML leaves a size out (virDomainVideoDefaultRAM and
@@ -39,7 +49,8 @@ DEFAULT_VRAM = {"vga": 16 * MiB, "cirrus": 16 * MiB, "vmvga": 16 * MiB, "bochs":
 QXL_DEFAULT_RAM = 64 * MiB
 QXL_DEFAULT_VGAMEM = 16 * MiB
 QXL_ROM = 8 * KiB  # qxl_rom_size(): two pages
-CIRRUS_VRAM = 4 * MiB
+CIRRUS_VRAM = 4 * MiB  # cirrus_vga.c pci_vga_cirrus_properties: vgamem_mb 4
+ARM = ("armv6l", "armv7l", "armv7b", "aarch64")
 VIRTIO_VGA_VRAM = 8 * MiB
 VMSVGA_FIFO = 64 * KiB  # SVGA_FIFO_SIZE
 VGA_BIOS = {"vga": "vgabios-stdvga.bin", "cirrus": "vgabios-cirrus.bin",
@@ -58,8 +69,15 @@ def memlock_guard_exposures(domain: Domain, host: HostFacts) -> Iterable[Exposur
         if video.address_type in NON_PCI or domain.arch == "s390x":
             continue
         label = f"video {video.alias or f'#{i}'}"
-        out += _ram_bars(video, label)
-        alias = LOW_ALIAS.get(video.model or "") if video.primary else None
+        if (video.model == "virtio" and video.primary
+                and host.has_device(domain.arch, "virtio-vga") is False):
+            out.append(Exposure(f"{label} virtio-gpu-pci: no RAM BAR, no ROM", 0,
+                                Backing.DEVICE_RAM, readonly=False, kind=Kind.VIDEO,
+                                note=f"qemu-system-{qemu_target(domain.arch)} has no "
+                                     "virtio-vga (-device help)"))
+            continue
+        out += _ram_bars(video, label, domain)
+        alias = LOW_ALIAS.get(video.model or "") if video.primary and domain.is_x86 else None
         if alias:
             out.append(Exposure(f"{label} legacy VGA window alias (graphics modes)", alias,
                                 Backing.DEVICE_RAM, readonly=False, kind=Kind.VIDEO,
@@ -71,19 +89,26 @@ def memlock_guard_exposures(domain: Domain, host: HostFacts) -> Iterable[Exposur
     return out
 
 
-def _ram_bars(v: Video, label: str) -> list[Exposure]:
+def _ram_bars(v: Video, label: str, domain: Domain) -> list[Exposure]:
     model = v.model or ""
 
-    def bar(name: str, size: int, index: int, readonly: bool = False) -> Exposure:
+    def bar(name: str, size: int, index: int, readonly: bool = False,
+            note: str | None = None) -> Exposure:
         return Exposure(f"{label} {name}", size, Backing.DEVICE_RAM, readonly=readonly,
-                        kind=Kind.VIDEO, mapping=device_mapping(v.alias, index))
+                        kind=Kind.VIDEO, mapping=device_mapping(v.alias, index), note=note)
 
     # BAR indices: pci_register_bar() in hw/display/vga-pci.c, cirrus_vga.c,
     # bochs-display.c, vmware_vga.c, virtio-vga.c (QEMU 7.2).
     if model == "vga":
         return [bar("VGA vram", _vga_vram(v.vram or DEFAULT_VRAM["vga"]), 0)]
     if model == "cirrus":
-        return [bar("cirrus-vga vram (fixed 4 MiB)", CIRRUS_VRAM, 0)]
+        c = compat(domain.machine, "cirrus-vga", "vgamem_mb")
+        notes = [c.note(domain.machine)] if c else []
+        if domain.arch in ARM:
+            notes.append("mapped once the guest OS drives cirrus; AAVMF does not")
+        size = int(c.value) * MiB if c else CIRRUS_VRAM
+        return [bar(f"cirrus-vga vram ({size // MiB} MiB)", size, 0,
+                    note="; ".join(notes) or None)]
     if model == "bochs":
         return [bar("bochs-display vram", pow2ceil(v.vram or DEFAULT_VRAM["bochs"]), 0)]
     if model == "vmvga":
