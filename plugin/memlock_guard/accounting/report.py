@@ -49,6 +49,21 @@ class Report(NamedTuple):
     kubevirt: KubevirtLimit
     verdict: Verdict
 
+    @property
+    def will_not_start(self) -> tuple[str, ...]:
+        """Why QEMU will refuse to start this domain on this host, whatever the limit:
+        a ``<rom file>`` path that does not exist (hw/pci/pci.c pci_add_option_rom:
+        ``failed to find romfile``; qemu_find_file has no file-name fallback for a
+        path). One sentence for a verdict: starts with "QEMU will refuse to start it"."""
+        roms = [i.rom for i in self.domain.interfaces] + [h.rom for h in self.domain.hostdevs]
+        missing = [r.file for r in roms if r.file and r.enabled is not False
+                   and r.file in self.host.missing_files]
+        if not missing:
+            return ()
+        files = ", ".join(f"<rom file='{f}'>" for f in dict.fromkeys(missing))
+        return (f"QEMU will refuse to start it: {files} does not exist on this host "
+                f"(failed to find romfile).",)
+
 
 def assess(domain: Domain, host: HostFacts, settings: Settings = DEFAULT_SETTINGS,
            pm: pluggy.PluginManager | None = None, vmi: Vmi | None = None) -> Report:

@@ -70,6 +70,7 @@ def to_dict(r: Report) -> dict[str, Any]:
         "excluded_plugins": list(r.ledger.excluded_plugins),
         "remedies": [{"platform": x.platform, "action": x.action, "text": x.text,
                       "command": x.command, "lasting": x.lasting} for x in remedies(r)],
+        "will_not_start": list(r.will_not_start),
     }
 
 
@@ -78,7 +79,11 @@ def to_json(r: Report) -> str:
 
 
 def sentence(r: Report) -> str:
-    """The verdict in one sentence."""
+    """The verdict in one sentence, and why QEMU will not start at all if it will not."""
+    return " ".join((_fit(r), *r.will_not_start))
+
+
+def _fit(r: Report) -> str:
     v = r.verdict
     need = f"{human(v.required)} ({v.mode.value})"
     if v.fit is Fit.UNLIMITED:

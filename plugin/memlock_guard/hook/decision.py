@@ -147,4 +147,5 @@ def paragraph(report: Report, p: Policy) -> str:
         f"{human(limit)} ({limit} bytes) from {v.limit.source} ({v.limit.explanation}), "
         f"short by {human(v.required - limit)}. Biggest items: {'; '.join(items)}. "
         f"Remedy: {sentence(report)}"
+        + "".join(f". {why}" for why in report.will_not_start)
     )
