@@ -23,8 +23,11 @@ for arg in "$@"; do
 done
 
 pkgs=(libvirt-dev pkg-config gcc)
+# qemu-system-arm + qemu-efi-aarch64 (aarch64 guests under TCG with AAVMF) and
+# qemu-system-ppc (pSeries definitions) are for the real-QEMU layout and pSeries tests.
 ((with_daemon)) && pkgs+=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
-                         qemu-system-x86 ovmf)
+                         qemu-system-x86 ovmf qemu-system-arm qemu-efi-aarch64
+                         qemu-system-ppc)
 ((with_packaging)) && pkgs+=(git debhelper dh-python pybuild-plugin-pyproject python3-all
                             python3-setuptools python3-wheel python3-venv lintian rpm rpmlint
                             python3-lxml python3-pluggy python3-libvirt python3-tenacity

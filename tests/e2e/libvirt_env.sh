@@ -15,6 +15,8 @@
 set -euo pipefail
 
 PKGS=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 ovmf
+      qemu-system-arm qemu-efi-aarch64   # aarch64 guests (TCG, AAVMF): real-QEMU layouts
+      qemu-system-ppc                    # pSeries definitions: PHB placement
       libvirt-dev pkg-config)            # the last two let libvirt-python build from PyPI
 URI=qemu:///system
 LIBVIRTD_PID=/run/libvirtd.pid           # pidfiles of the privileged daemons
