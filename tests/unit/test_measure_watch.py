@@ -129,3 +129,13 @@ def test_the_log_is_read_in_whole_lines(tmp_path):
     assert stop.log_lines == ("KVM internal error. Suberror: 1",)
     assert stop.state == ("running", "unpaused")  # the log said it first
     assert stop.qemu_status == "paused (internal-error)"
+
+
+def test_help_teaches_the_failures_and_the_tcg_fallback(capsys):
+    from memlock_guard.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["measure", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "KVM internal error" in out and "<domain type='qemu'>" in out
+    assert "it died" in out

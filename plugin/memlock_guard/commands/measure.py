@@ -51,6 +51,14 @@ block size no other block has; a region none of these resolves is reported unres
 with why, never guessed. Measure a domain without VFIO devices: on Linux >= 6.2 a
 read-only pin replaces the zero page with real pages.
 
+A boot that went wrong is no measurement (exit 2, one line naming what happened and the
+log): the guest stopped running before its firmware had mapped its devices (libvirt says
+paused, shut off or crashed, or the log says "KVM internal error" / "emulation
+failure"), or the trace shows no BAR mapped at all although QEMU made ROM BARs. Firmware
+KVM cannot run on this host (OVMF under KVM dies at once on some, e.g. nested ones) can
+be measured under TCG: define the domain with <domain type='qemu'> (slower: give OVMF
+--settle 8 or more). What QEMU maps does not depend on the accelerator.
+
 examples:
   memlock-guard measure vm1
   memlock-guard measure vm1 --boot --format json
@@ -60,7 +68,8 @@ examples:
 exit status: 0 measured and the estimate covers it; 1 the estimate is BELOW what QEMU
 maps, or (--zero-pages) the ledger calls more of a region zero-fill than QEMU left
 unwritten, so tolerant accounting would forgive real pages (please report it with the
-JSON output); 2 bad input or the domain could not be measured."""
+JSON output); 2 bad input, or the domain could not be measured (it did not
+start, it died, its firmware mapped nothing)."""
 
 
 def configure(p: argparse.ArgumentParser) -> None:
