@@ -260,3 +260,21 @@ def test_bad_host_facts_are_one_clear_error(bad):
 
     with pytest.raises(InputError, match=r"host facts: (qemu_devices|iommu_groups)"):
         hostmod.collect(override={"probe_host": False, **bad})
+
+
+def test_install_hook_caches_each_emulators_devices_for_the_hook(tmp_path):
+    # The test command installs qemu-system-x86 and qemu-system-arm (scripts/setup.sh).
+    import json
+
+    from memlock_guard.commands.install_hook import cache_host_facts
+    from memlock_guard.host.cache import hook_facts
+
+    cached = cache_host_facts(str(tmp_path / "facts.json"))
+    devices = cached["qemu_devices"]
+    assert isinstance(devices, dict)
+    assert set(devices) >= {"x86_64", "aarch64"}, devices
+    assert "virtio-vga" in devices["x86_64"] and "virtio-vga" not in devices["aarch64"]
+    assert json.loads((tmp_path / "facts.json").read_text())["qemu_devices"] == devices
+    host = hook_facts((), str(tmp_path / "facts.json"))
+    assert host.has_device("aarch64", "virtio-vga") is False
+    assert host.has_device("x86_64", "virtio-vga") is True
