@@ -139,3 +139,19 @@ def test_help_teaches_the_failures_and_the_tcg_fallback(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "KVM internal error" in out and "<domain type='qemu'>" in out
     assert "it died" in out
+
+
+def test_no_bar_event_and_no_rom_bar_is_a_quiet_measurement(tmp_path):
+    # An aarch64 virt domain without PCI devices, isapc: nothing to trace, nothing missed.
+    class NoRoms(FakeTarget):
+        def hmp(self, command: str) -> str:
+            if command == "info ramblock":
+                return "\n".join(line for line in data("q35-dimm.ramblock.txt").splitlines()
+                                 if not line.rstrip().split()[0].endswith(".rom"))
+            return super().hmp(command)
+
+    log = tmp_path / "vm1.log"
+    log.write_text("")
+    target = NoRoms(active=False, flatviews=[data("q35-dimm.mtree-f.txt")], log=log)
+    m = boot.measure_boot(target, settle=0.3, timeout=3)
+    assert m.warnings == () and m.roms == ()
