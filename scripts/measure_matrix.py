@@ -3,7 +3,7 @@
 
 tests/e2e/test_real_qemu_compat_layouts.py checks a representative layout per rule in
 the suite's time budget; this runs every layout measured for issue 15 (docs/sources.md
-§8) and prints the table there: measured boot peak, estimate, difference (KiB), and the
+§10) and prints the table there: measured boot peak, estimate, difference (KiB), and the
 ROM BARs the firmware was seen mapping. Each domain is defined as mg-matrix-..., booted
 by ``measure --boot`` (paused start, BAR trace, sampling, destroy) and undefined.
 

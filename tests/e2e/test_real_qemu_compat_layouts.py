@@ -6,7 +6,7 @@ never below the measurement and at most max(2 MiB, 1 %) above it. A case may car
 allowance above that, with its reason; the rule itself is not loosened.
 
 The layouts are representative, one per rule (the whole matrix is
-scripts/measure_matrix.py, docs/sources.md §8): under KVM with SeaBIOS they take a few
+scripts/measure_matrix.py, docs/sources.md §10): under KVM with SeaBIOS they take a few
 seconds each; OVMF and aarch64 run under TCG (OVMF dies under KVM on the project's test
 host), about 15-25 s each.
 """

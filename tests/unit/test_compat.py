@@ -1,6 +1,6 @@
 """Old machine types and other architectures: what QEMU 7.2 maps there (issue 15 §3).
 
-The sizes are the ones measured against QEMU 7.2 (docs/sources.md §8); each ledger item
+The sizes are the ones measured against QEMU 7.2 (docs/sources.md §10); each ledger item
 a compat property changes names it in its note.
 """
 

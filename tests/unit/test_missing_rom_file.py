@@ -2,7 +2,7 @@
 
 QEMU's pci_add_option_rom() fails with ``failed to find romfile`` (qemu_find_file has no
 file-name fallback for a path; reproduced with libvirt 9.0 + QEMU 7.2, docs/sources.md
-§8). memlock-guard still sizes the item by its file name, and says so in the item, in
+§10). memlock-guard still sizes the item by its file name, and says so in the item, in
 the verdict of estimate and explain, and in the hook's paragraph.
 """
 

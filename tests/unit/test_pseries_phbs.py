@@ -1,6 +1,6 @@
 """pSeries PHBs as libvirt 9.0 assigns them: an empty listed PHB adopts an isolated device.
 
-The table is the one measured with `virsh define` on libvirt 9.0 (docs/sources.md §9,
+The table is the one measured with `virsh define` on libvirt 9.0 (docs/sources.md §11,
 and tests/e2e/test_pseries_define.py does it again); the libvirt cases are its own
 tests/qemuxml2argvdata/pseries-hostdevs-{1,2,3} with virpcimock's IOMMU groups
 (0001:01:00.0 and .1 in group 5, 0005:90:01.0 in group 7) and the PHBs of their

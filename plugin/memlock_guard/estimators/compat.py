@@ -14,7 +14,7 @@ virtio-net-pci-transitional (parent virtio-net-pci-base) keep their class defaul
 measured. A property set on the device itself (``<rom file>``) wins over a global.
 
 Every compat entry of QEMU 7.2 was audited against the sizes the estimators use
-(docs/sources.md §8, with the machine types and the measurements); these are the ones
+(docs/sources.md §10, with the machine types and the measurements); these are the ones
 that change one. Which SeaBIOS image a machine type loads is a machine option, not a
 compat property, and is here too.
 """
