@@ -66,7 +66,7 @@ def test_files_that_exist_or_are_not_loaded_say_nothing(tmp_path: Path):
     there.write_bytes(b"\0" * 70000)
     gone = tmp_path / "gone.rom"
     for rom in (f"<rom file='{there}'/>", "<rom file='pxe-virtio.rom'/>",
-                f"<rom enabled='no' file='{gone}'/>"):
+                f"<rom enabled='no' file='{gone}'/>", f"<rom bar='off' file='{gone}'/>"):
         xml = domain_xml(nic(rom))
         host = probe.collect(extra_files=parse_domain(xml).named_files, override=PROBED)
         r = report(host, xml)

@@ -54,9 +54,11 @@ class Report(NamedTuple):
         """Why QEMU will refuse to start this domain on this host, whatever the limit:
         a ``<rom file>`` path that does not exist (hw/pci/pci.c pci_add_option_rom:
         ``failed to find romfile``; qemu_find_file has no file-name fallback for a
-        path). One sentence for a verdict: starts with "QEMU will refuse to start it"."""
+        path). With ``<rom bar='off'>`` QEMU starts all the same (checked with libvirt
+        9.0 and QEMU 7.2: rom_add_option gives up quietly), so that one is not named.
+        One sentence for a verdict: starts with "QEMU will refuse to start it"."""
         roms = [i.rom for i in self.domain.interfaces] + [h.rom for h in self.domain.hostdevs]
-        missing = [r.file for r in roms if r.file and r.enabled is not False
+        missing = [r.file for r in roms if r.file and not r.suppressed
                    and r.file in self.host.missing_files]
         if not missing:
             return ()
