@@ -39,10 +39,16 @@ def check_report(doc: dict[str, Any]) -> None:
     limit = doc["effective_limit"]["bytes"]
     demand = doc["effective_limit"]["demand_bytes"] or 0
     if limit is not None:
-        assert doc["headroom_bytes"] == limit - max(req[doc["mode"]], demand)
+        assert doc["headroom_bytes"] == limit - max(req[doc["mode"]] + doc["uid_pinned_bytes"],
+                                                    demand)
     assert (doc["remedies"] != []) is (doc["verdict"] == "short")
     assert all(r["platform"] == doc["platform"] for r in doc["remedies"])
-    assert doc["recommended_hard_limit_bytes"] >= max(req[doc["mode"]], doc["footprint_bytes"])
+    reserve = doc["hotplug_reserve_bytes"]
+    assert reserve["memory"] == sum(i["charged_bytes"] for i in doc["items"]
+                                    if i.get("hotplug"))
+    need = req[doc["mode"]] + reserve["memory"] + reserve["vfio_devices"] \
+        + doc["uid_pinned_bytes"]
+    assert doc["recommended_hard_limit_bytes"] >= max(need, doc["footprint_bytes"])
     assert doc["recommended_hard_limit_bytes"] % MiB == 0
 
 

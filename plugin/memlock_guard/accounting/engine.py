@@ -21,6 +21,7 @@ import pluggy
 from ..domain import Domain
 from ..host.facts import HostFacts
 from ..support.units import MAX_BYTES
+from .backend import backend_of
 from .ledger import Backing, Exposure, Kind, Ledger, LedgerItem, Window, valid_mapping
 
 # The built-in estimators, in registration order (the ledger lists their items in this
@@ -72,7 +73,7 @@ def build_ledger(domain: Domain, host: HostFacts,
         kept_reasons = tuple(r for _, r in reasons)
         kept = [e for _, e in exposures]
     return _ledger(kept_reasons, kept,
-                   tuple(f"{name}: {why}" for name, why in excluded.items()))
+                   tuple(f"{name}: {why}" for name, why in excluded.items()), domain)
 
 
 Estimator = Callable[[Domain, HostFacts], Iterable[Any]]
@@ -103,17 +104,18 @@ def _builtin_ledger(domain: Domain, host: HostFacts) -> Ledger:
     exposures: list[Exposure] = []
     for fn in exposure_hooks:
         exposures += fn(domain, host)
-    return _ledger(tuple(reasons), exposures, ())
+    return _ledger(tuple(reasons), exposures, (), domain)
 
 
 def _ledger(reasons: tuple[str, ...], exposures: list[Exposure],
-            excluded: tuple[str, ...]) -> Ledger:
+            excluded: tuple[str, ...], domain: Domain) -> Ledger:
     n = len(reasons)
     items = tuple([
         LedgerItem(e.source, e.bytes, e.backing, e.readonly, e.kind, e.window, e.region,
-                   n if e.containers is None else min(e.containers, n), e.note, e.mapping)
+                   n if e.containers is None else min(e.containers, n), e.note, e.mapping,
+                   e.hotplug)
         for e in exposures])
-    return Ledger(items, n, reasons, excluded)
+    return Ledger(items, n, reasons, excluded, backend_of(domain))
 
 
 # A real estimator returns a handful of items; more than this is a runaway generator,
@@ -212,6 +214,8 @@ def _invalid(got: list[Any], *, third_party: bool) -> str | None:
         if e.mapping is not None and (type(e.mapping) is not str
                                       or not valid_mapping(e.mapping)):
             return f"returned an invalid mapping for {_short(e.source)}"
+        if type(e.hotplug) is not bool:
+            return f"returned an invalid hotplug flag for {_short(e.source)}"
     return None
 
 

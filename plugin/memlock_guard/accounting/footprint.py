@@ -4,7 +4,9 @@ libvirt's <memtune><hard_limit> is both the memlock limit and the memory cgroup 
 of the whole QEMU process, so a hard_limit we recommend must cover this, or the VM is
 OOM-killed. Anchored on KubeVirt's GetMemoryOverhead() (pkg/virt-controller/services/
 renderresources.go), keeping only the terms that live inside the QEMU process:
-  guest memory (each page once, however many containers pin it)
+  guest memory up to <maxMemory> (each page once, however many containers pin it;
+  memory hot-added later is charged to the same cgroup, and libvirt never raises a
+  hard_limit by itself)
   + memory/512 for page tables
   + video RAM and ROM bytes (one copy; QEMU allocates them once)
   + 8 MiB per vCPU (thread stacks, KVM state)
@@ -42,7 +44,8 @@ _DEVICE_KINDS = frozenset((Kind.VIDEO, Kind.OPTION_ROM, Kind.FIRMWARE))
 
 
 def qemu_footprint(domain: Domain, ledger: Ledger) -> int:
-    total = domain.memory + domain.memory // 512
+    memory = domain.memory + domain.hotpluggable_memory
+    total = memory + memory // 512
     # Video, option-ROM and firmware bytes, one copy each (one pass over the ledger).
     total += sum(i.bytes for i in ledger.items if i.kind in _DEVICE_KINDS)
     total += PER_VCPU * domain.vcpus + PER_IOTHREAD * max(domain.iothreads, 1) + QEMU_FIXED

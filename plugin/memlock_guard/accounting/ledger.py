@@ -11,6 +11,11 @@ BAR, copies it and disables it before the next, so ROM BARs share the "boot-rom"
 window and only the largest counts; SeaBIOS's isa-bios alias and pc.rom vanish when it
 shadows itself into RAM, before any BAR is programmed ("pre-firmware" window). Every
 window is a phase of its own; items without a window are always mapped.
+
+Items marked ``hotplug`` are not mapped at start at all: they are what a later hotplug
+can add (memory up to ``<maxMemory>``). They never count in the requirement at start,
+which decides whether a VM may start (libvirt would start it); they count in the
+recommended hard_limit, so that a limit memlock-guard writes leaves room for them.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import re
 from enum import StrEnum
 from typing import NamedTuple
 
+from .backend import Backend
 from .modes import Mode
 
 
@@ -87,6 +93,8 @@ class Exposure(NamedTuple):
     # Which QEMU mapping the bytes are part of, so a measurement can be joined to the
     # item (see MAPPING_KEYS below); None when unknown (e.g. a device without an alias).
     mapping: str | None = None
+    # True: not mapped at start; what hotplug may add later (see the module docstring).
+    hotplug: bool = False
 
     @property
     def transient(self) -> bool:
@@ -104,6 +112,7 @@ class LedgerItem(NamedTuple):
     containers: int
     note: str | None = None
     mapping: str | None = None
+    hotplug: bool = False
 
     @property
     def transient(self) -> bool:
@@ -121,6 +130,8 @@ class Ledger(NamedTuple):
     container_reasons: tuple[str, ...]  # why that many, for explain
     # Third-party plugins left out of this ledger, each with why (issue: on-error).
     excluded_plugins: tuple[str, ...] = ()
+    # Which kernel interface pins (VFIO type1 / iommufd) and whom it charges.
+    backend: Backend | None = None
 
     def required(self, mode: Mode, zero_page_allowance: int | None = None) -> int:
         """Peak bytes the kernel charges to RLIMIT_MEMLOCK over boot, no margin.
@@ -148,6 +159,8 @@ class Ledger(NamedTuple):
         regions: dict[tuple[Window, str], list[int]] = {}
         zero_fill = Backing.ZERO_FILL
         for i in self.items:
+            if i.hotplug:
+                continue
             charge = i.bytes * i.containers
             nz = 0 if i.backing is zero_fill else charge
             if i.window is None:
@@ -166,11 +179,26 @@ class Ledger(NamedTuple):
         return (always + max(a[0] for a in regions.values()),
                 always_nz + max(a[1] for a in regions.values()))
 
+    @property
+    def hotplug_charge(self) -> int:
+        """What the hotplug items cost once plugged, in every container."""
+        return sum(i.charged for i in self.items if i.hotplug)
+
+    def one_container(self, zero_page_allowance: int | None = None, *,
+                      hotplug: bool = False) -> tuple[int, int]:
+        """(strict, tolerant) peak of one more container that maps the whole address
+        space, as a VFIO device added behind a vIOMMU does; with ``hotplug``, memory up to
+        maxMemory included. Every item counts once, also one an estimator limited to
+        fewer containers (a new container may map it too: never under-count)."""
+        items = tuple(i._replace(containers=1, hotplug=False) for i in self.items
+                      if hotplug or not i.hotplug)
+        return Ledger(items, 1, ()).requirements(zero_page_allowance)
+
     def peak_region(self) -> tuple[Window, str, int] | None:
         """The boot-time region that sets the peak (strict), if any."""
         regions: dict[tuple[Window, str], int] = {}
         for i in self.items:
-            if i.window is not None:
+            if i.window is not None and not i.hotplug:
                 key = (i.window, i.region or i.source)
                 regions[key] = regions.get(key, 0) + i.charged
         if not regions:
@@ -183,4 +211,6 @@ class Ledger(NamedTuple):
         return sum(i.bytes for i in self.items if i.kind is not Kind.RAM)
 
     def biggest(self, n: int) -> tuple[LedgerItem, ...]:
-        return tuple(sorted(self.items, key=lambda i: -i.charged)[:n])
+        """The ``n`` items that cost most at start (hotplug items are not mapped then)."""
+        return tuple(sorted((i for i in self.items if not i.hotplug),
+                            key=lambda i: -i.charged)[:n])

@@ -90,11 +90,17 @@ def _memtune(report: Report) -> str:
 
 
 def _libvirt(report: Report) -> tuple[Remedy, ...]:
-    rec = report.verdict.recommended_hard_limit
+    v = report.verdict
+    room = []
+    if v.memory_reserve:
+        room.append("memory hot-added up to maxMemory")
+    if v.vfio_reserve:
+        room.append("the policy's hotplug reserve of VFIO devices")
+    basis = "the requirement" + (f" plus room for {' and '.join(room)}" if room else "")
     return (
         Remedy("libvirt", "hard-limit",
-               f"{_memtune(report)} (KiB, = {human(rec)}: the requirement or QEMU's "
-               f"footprint, whichever is larger, plus margin)", _memtune(report)),
+               f"{_memtune(report)} (KiB, = {human(v.recommended_hard_limit)}: {basis} or "
+               f"QEMU's footprint, whichever is larger, plus margin)", _memtune(report)),
         Remedy("libvirt", "apply", "memlock-guard apply raises it the same way",
                f"memlock-guard apply {shlex.quote(report.domain.name)}"),
     )

@@ -34,6 +34,9 @@ class Settings(NamedTuple):
     kubevirt_version: str = KUBEVIRT_DEFAULT
     kubevirt_overhead_ratio: str | None = None  # additionalGuestMemoryOverheadRatio
     platform: str = "libvirt"  # libvirt | kubevirt: whose rule sets QEMU's limit
+    # The policy's <hotplug-reserve><vfio-devices>: room for this many more VFIO
+    # devices behind a vIOMMU in the recommended hard_limit.
+    reserve_vfio_devices: int = 0
 
 
 DEFAULT_SETTINGS = Settings()
@@ -68,9 +71,13 @@ class Report(NamedTuple):
 
 
 def assess(domain: Domain, host: HostFacts, settings: Settings = DEFAULT_SETTINGS,
-           pm: pluggy.PluginManager | None = None, vmi: Vmi | None = None) -> Report:
+           pm: pluggy.PluginManager | None = None, vmi: Vmi | None = None, *,
+           uid_pinned: int = 0) -> Report:
     """Judge ``domain``; ``vmi`` is the KubeVirt VMI it was made from, when known (the
-    sidecar), else KubeVirt's baseline is computed for the VMI the domain implies."""
+    sidecar), else KubeVirt's baseline is computed for the VMI the domain implies.
+    ``uid_pinned``: what the other running QEMUs of this domain's uid already have
+    charged to the user; counted only when this domain is under iommufd user accounting
+    (backend.py), and the caller finds it (hook/pins.py, libvirtd/pins.py)."""
     ledger = build_ledger(domain, host, pm)
     kv_version = parse_version(settings.kubevirt_version)
     version = settings.libvirt_version or host.libvirt_version
@@ -81,10 +88,26 @@ def assess(domain: Domain, host: HostFacts, settings: Settings = DEFAULT_SETTING
     kv = kubevirt_limit(vmi if vmi is not None else domain, kv_version,
                         settings.kubevirt_overhead_ratio)
     mode, why = resolve(settings.mode, host)
+    user = ledger.backend is not None and ledger.backend.user_accounting
     verdict = judge(ledger, effective_limit(lv, kv, host, settings.platform), mode=mode,
                     mode_reason=why, footprint=qemu_footprint(domain, ledger),
-                    margin=settings.margin, zero_page_allowance=settings.zero_page_allowance)
+                    margin=settings.margin, zero_page_allowance=settings.zero_page_allowance,
+                    reserve_containers=reserve_containers(domain, settings, version),
+                    uid_pinned=uid_pinned if user else 0)
     return Report(domain, host, settings, ledger, lv, version is None, kv, verdict)
+
+
+def reserve_containers(domain: Domain, settings: Settings,
+                       version: tuple[int, int, int] | None) -> int:
+    """Containers the policy's VFIO hotplug reserve adds: one per device behind a
+    vIOMMU; without one, hot-added devices join the domain's VFIO container, which
+    the first of them opens if there is none yet."""
+    n = settings.reserve_vfio_devices
+    if n <= 0:
+        return 0
+    if domain.has_viommu(version):
+        return n
+    return 0 if domain.vfio_devices else 1
 
 
 def effective_limit(lv: LibvirtLimit, kv: KubevirtLimit, host: HostFacts,

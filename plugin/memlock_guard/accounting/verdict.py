@@ -1,6 +1,15 @@
 """The judgement: required bytes against the limit QEMU will really get.
 
 Pure: a Ledger, the effective limit and the policy numbers in, a Verdict out.
+
+Two amounts sit beside the requirement:
+- the hotplug reserve (memory up to maxMemory in every container, and containers for
+  the policy's ``<hotplug-reserve>`` VFIO devices) is in the recommended hard_limit but
+  never in the fit: a VM libvirt would start is never refused for what it might
+  hot-add later;
+- ``uid_pinned``, what the other running QEMUs of the same uid already have charged to
+  the user under iommufd user accounting, is in both: the kernel checks this QEMU's
+  pins plus theirs against this QEMU's limit (backend.py).
 """
 
 from __future__ import annotations
@@ -47,21 +56,37 @@ class Verdict(NamedTuple):
     headroom: int | None  # limit - required (or - the demand, if larger); None: unlimited
     footprint: int
     recommended_hard_limit: int
+    memory_reserve: int = 0  # memory up to maxMemory, in every container
+    vfio_reserve: int = 0  # the policy's <hotplug-reserve> VFIO devices
+    uid_pinned: int = 0  # other QEMUs of this uid, under iommufd user accounting
 
     @property
     def required(self) -> int:
         return self.required_strict if self.mode is Mode.STRICT else self.required_tolerant
 
+    @property
+    def hotplug_reserve(self) -> int:
+        return self.memory_reserve + self.vfio_reserve
+
 
 def judge(ledger: Ledger, limit: EffectiveLimit, *, mode: Mode, mode_reason: str,
-          footprint: int, margin: int, zero_page_allowance: int | None) -> Verdict:
+          footprint: int, margin: int, zero_page_allowance: int | None,
+          reserve_containers: int = 0, uid_pinned: int = 0) -> Verdict:
+    """``reserve_containers``: how many more containers the hotplug reserve holds room
+    for; ``uid_pinned``: bytes already charged to this QEMU's user by others."""
     strict, tolerant = ledger.requirements(zero_page_allowance)
     required = strict if mode is Mode.STRICT else tolerant
     if limit.bytes is None:
         fit, headroom = Fit.UNLIMITED, None
     else:
-        headroom = limit.bytes - max(required, limit.demand or 0)
+        headroom = limit.bytes - max(required + uid_pinned, limit.demand or 0)
         fit = Fit.FITS if headroom >= 0 else Fit.SHORT
-    recommended = round_up(max(required, footprint) + margin, MiB)
+    memory_reserve = ledger.hotplug_charge
+    vfio_reserve = 0
+    if reserve_containers:
+        one = ledger.one_container(zero_page_allowance, hotplug=True)
+        vfio_reserve = reserve_containers * (one[0] if mode is Mode.STRICT else one[1])
+    need = required + memory_reserve + vfio_reserve + uid_pinned
+    recommended = round_up(max(need, footprint) + margin, MiB)
     return Verdict(mode, mode_reason, strict, tolerant, limit, fit, headroom, footprint,
-                   recommended)
+                   recommended, memory_reserve, vfio_reserve, uid_pinned)

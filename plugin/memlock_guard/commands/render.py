@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from .. import __version__
+from ..accounting import hotplug
 from ..accounting.modes import Mode
 from ..accounting.remedy import platform_of, remedies
 from ..accounting.report import Report
@@ -46,9 +47,11 @@ def to_dict(r: Report) -> dict[str, Any]:
              "window": i.window.value if i.window else None, "containers": i.containers,
              "kind": i.kind.value, "charged_bytes": i.charged,
              **({"note": i.note} if i.note else {}),
-             **({"mapping": i.mapping} if i.mapping else {})}
+             **({"mapping": i.mapping} if i.mapping else {}),
+             **({"hotplug": True} if i.hotplug else {})}
             for i in r.ledger.items],
         "containers": {"count": r.ledger.containers, "reasons": list(r.ledger.container_reasons)},
+        "backend": _backend(r),
         "required_bytes": {"strict": v.required_strict, "tolerant": v.required_tolerant},
         "zero_page_allowance_bytes": r.settings.zero_page_allowance,
         "baselines": {
@@ -67,11 +70,22 @@ def to_dict(r: Report) -> dict[str, Any]:
         "headroom_bytes": v.headroom,
         "footprint_bytes": v.footprint,
         "recommended_hard_limit_bytes": v.recommended_hard_limit,
+        "hotplug_reserve_bytes": {"memory": v.memory_reserve, "vfio_devices": v.vfio_reserve},
+        "uid_pinned_bytes": v.uid_pinned,
         "excluded_plugins": list(r.ledger.excluded_plugins),
         "remedies": [{"platform": x.platform, "action": x.action, "text": x.text,
                       "command": x.command, "lasting": x.lasting} for x in remedies(r)],
         "will_not_start": list(r.will_not_start),
+        "warnings": hotplug.to_dicts(hotplug.warnings(r)),
     }
+
+
+def _backend(r: Report) -> dict[str, Any]:
+    b = r.ledger.backend
+    if b is None:  # a Ledger built by hand (tests)
+        return {"name": "none", "accounting": "process", "reason": "", "fdgroup": None}
+    return {"name": b.name, "accounting": b.accounting.value, "reason": b.reason,
+            "fdgroup": b.fdgroup}
 
 
 def to_json(r: Report) -> str:
@@ -86,6 +100,8 @@ def sentence(r: Report) -> str:
 def _fit(r: Report) -> str:
     v = r.verdict
     need = f"{human(v.required)} ({v.mode.value})"
+    if v.uid_pinned:
+        need += f" on top of the {human(v.uid_pinned)} other QEMUs of its uid pin"
     if v.fit is Fit.UNLIMITED:
         return f"fits: QEMU's memlock is unlimited ({v.limit.explanation}); needs {need}."
     limit = human(v.limit.bytes)
@@ -114,11 +130,14 @@ def to_text(r: Report) -> str:
     lines.append(f"mode: {v.mode.value} ({v.mode_reason})")
     reasons = "; ".join(led.container_reasons) or "nothing pins guest memory"
     lines.append(f"containers: {led.containers} ({reasons})")
+    if led.backend is not None and led.containers:
+        lines.append(f"backend: {led.backend.name}, {led.backend.accounting.value} "
+                     f"accounting ({led.backend.reason})")
     lines.append("")
     header = ("SOURCE", "SIZE", "BACKING", "RO", "WINDOW", "CONT", "CHARGED")
     rows = [(i.source, human(i.bytes), i.backing.value, "ro" if i.readonly else "rw",
-             i.window.value if i.window else "", str(i.containers), human(i.charged))
-            for i in led.items]
+             "hotplug" if i.hotplug else i.window.value if i.window else "",
+             str(i.containers), human(i.charged)) for i in led.items]
     widths = [max(len(x[c]) for x in [header, *rows]) for c in range(len(header))]
     right = {1, 5, 6}
     for row in [header, *rows]:
@@ -132,10 +151,10 @@ def to_text(r: Report) -> str:
     peak = led.peak_region()
     if peak:
         lines.append("")
-        lines.append("  Items with a WINDOW are mapped only at boot, one region at a time; the")
-        lines.append(f"  peak counts the largest: {peak[1]} ({human(peak[2])}).")
+        lines.append("  Items with a boot WINDOW are mapped only at boot, one region at a time;")
+        lines.append(f"  the peak counts the largest: {peak[1]} ({human(peak[2])}).")
     lines.append("")
-    ram = sum(i.charged for i in led.items if i.kind.value == "ram")
+    ram = sum(i.charged for i in led.items if i.kind.value == "ram" and not i.hotplug)
     non_ram = v.required_strict - ram
     lines.append(f"required   strict {human(v.required_strict)} ({v.required_strict} B), "
                  f"tolerant {human(v.required_tolerant)} ({v.required_tolerant} B); "
@@ -151,10 +170,24 @@ def to_text(r: Report) -> str:
                                                   else human(kv.bytes))
     lines.append(f"baselines  libvirt {_v(lv.version)}{assumed}: {lv_bytes}; "
                  f"KubeVirt {kv.version}: {kv_bytes}")
+    if v.uid_pinned:
+        lines.append(f"uid        {human(v.uid_pinned)} already pinned by other QEMUs of "
+                     f"this uid, charged to the same user (iommufd user accounting)")
+    if v.hotplug_reserve:
+        parts = []
+        if v.memory_reserve:
+            parts.append(f"memory up to maxMemory {human(v.memory_reserve)}")
+        if v.vfio_reserve:
+            parts.append(f"{r.settings.reserve_vfio_devices} more VFIO device(s) "
+                         f"{human(v.vfio_reserve)}")
+        lines.append(f"hotplug    reserve {human(v.hotplug_reserve)} ({', '.join(parts)}): "
+                     f"in the recommended hard_limit, not in the requirement at start")
     lines.append(f"footprint  {human(v.footprint)} (QEMU process, the cgroup cap must cover it); "
                  f"recommended hard_limit {human(v.recommended_hard_limit)}")
     for ex in led.excluded_plugins:
         lines.append(f"excluded   {ex}")
+    for w in hotplug.warnings(r):
+        lines.append(f"warning    {w.message}")
     lines.append("")
     lines.append(f"verdict: {sentence(r)}")
     if v.mode is Mode.TOLERANT and v.required_strict != v.required_tolerant:

@@ -1,29 +1,32 @@
 """The domain XML mapped to small frozen objects, one module per device family.
 
 Where is X read? memory.py (memory, memtune, memoryBacking, memory devices),
-hostdev.py, interface.py, disk.py, video.py, firmware.py (os, loader, machine),
-controller.py (pSeries PHBs), rom.py (<rom>), nova.py (OpenStack Nova's
-``<metadata><nova:instance>``), model.py (the Domain itself, built by
+hostdev.py (and the domain-level <iommufd>), interface.py, disk.py, video.py,
+firmware.py (os, loader, machine), controller.py (pSeries PHBs), rom.py (<rom>),
+nova.py (OpenStack Nova's ``<metadata><nova:instance>``), seclabel.py (the DAC label:
+which uid QEMU runs as), model.py (the Domain itself, built by
 ``Domain.from_xml``; every record here is built by its own ``from_xml``).
 
 Where is X written? edit.py: hard_limit up (swap_hard_limit with it) and our
-``<metadata>`` element, the only edits memlock-guard makes; serialize.py: the result in
-libvirt's own layout.
+``<metadata>`` element, the only edits memlock-guard makes to a definition, plus a
+device added or taken out of a copy that is only judged (attach-device, detach-device);
+serialize.py: the result in libvirt's own layout.
 """
 
 from .controller import Controller
 from .disk import Disk
 from .firmware import Firmware, Machine
-from .hostdev import Hostdev
+from .hostdev import Hostdev, Iommufd
 from .interface import Interface
 from .memory import MemoryBacking, MemoryDevice, Memtune
 from .model import Domain, parse_domain
 from .nova import NovaInstance
 from .rom import Rom
+from .seclabel import DacLabel
 from .video import Video
 
 __all__ = [
-    "Controller", "Disk", "Domain", "Firmware", "Hostdev", "Interface",
+    "Controller", "DacLabel", "Disk", "Domain", "Firmware", "Hostdev", "Interface", "Iommufd",
     "Machine", "MemoryBacking", "MemoryDevice", "Memtune", "NovaInstance", "Rom", "Video",
     "parse_domain",
 ]

@@ -1,4 +1,13 @@
-"""``<hostdev>``: which ones are VFIO devices that pin guest memory."""
+"""``<hostdev>``: which ones are VFIO devices that pin guest memory, and through which backend.
+
+libvirt 12.1 lets a PCI hostdev use iommufd instead of a VFIO type1 container
+(``<driver iommufd='yes'/>``); libvirt 12.2 adds the domain-level ``<iommufd
+enabled='yes' fdgroup='NAME'/>``, which applies to every hostdev not overridden with
+``<driver iommufd='no'/>``, and with ``fdgroup`` takes the /dev/iommu file descriptor
+from whoever associated it (virDomainFDAssociate) instead of opening it itself.
+Shapes from libvirt's NEWS (12.1.0, 12.2.0) and KubeVirt's IOMMUFD enhancement
+(docs/sources.md section 9).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +15,7 @@ from typing import NamedTuple
 
 from .controller import pci_number
 from .rom import Rom
-from .xmlmap import Element, attr, first_in, group, one
+from .xmlmap import Element, attr, first_in, group, one, switch
 
 
 class Hostdev(NamedTuple):
@@ -18,6 +27,7 @@ class Hostdev(NamedTuple):
     rom: Rom
     has_guest_address: bool = True  # False in hand-written XML: libvirt assigns one
     guest_bus: int | None = None  # <address type='pci' bus=>: the guest PCI bus it sits on
+    iommufd: bool | None = None  # <driver iommufd='yes|no'>; None: the domain decides
 
     @property
     def is_vfio(self) -> bool:
@@ -32,15 +42,17 @@ class Hostdev(NamedTuple):
     def from_xml(cls, el: Element) -> Hostdev:
         kids = group(el)
         guest = one(kids, "address")
+        driver = one(kids, "driver")
         return cls(
             mode=attr(el, "mode") or "subsystem",
             type=attr(el, "type"),
-            driver=attr(one(kids, "driver"), "name"),
+            driver=attr(driver, "name"),
             source=_source_label(el, first_in(kids.get("source"), "address")),
             alias=attr(one(kids, "alias"), "name"),
             rom=Rom.from_xml(one(kids, "rom")),
             has_guest_address=guest is not None,
             guest_bus=guest_pci_bus(guest),
+            iommufd=switch(attr(driver, "iommufd")),
         )
 
 
@@ -62,6 +74,19 @@ def pci_address(addr: Element | None) -> str | None:
     except ValueError:
         return None
     return f"{d:04x}:{b:02x}:{s:02x}.{f:x}"
+
+
+class Iommufd(NamedTuple):
+    """The domain-level ``<iommufd enabled='yes|no' fdgroup='NAME'/>`` (libvirt >= 12.2)."""
+
+    enabled: bool | None
+    fdgroup: str | None  # the fd comes from outside (virDomainFDAssociate), not libvirt
+
+    @classmethod
+    def from_xml(cls, el: Element | None) -> Iommufd | None:
+        if el is None:
+            return None
+        return cls(enabled=switch(attr(el, "enabled")), fdgroup=attr(el, "fdgroup") or None)
 
 
 def _source_label(el: Element, addr: Element | None) -> str:

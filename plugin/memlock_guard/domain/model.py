@@ -12,10 +12,11 @@ from ..support.errors import InputError
 from .controller import Controller, pci_number
 from .disk import Disk
 from .firmware import Firmware, Machine, Os
-from .hostdev import Hostdev
+from .hostdev import Hostdev, Iommufd
 from .interface import Interface
 from .memory import MemoryBacking, MemoryDevice, Memtune, total_memory
 from .nova import NovaInstance
+from .seclabel import DacLabel
 from .video import Video, post_parse_videos
 from .xmlmap import (
     Element,
@@ -74,6 +75,11 @@ class Domain(NamedTuple):
     vdpa_devices: tuple[str, ...] = ()
     # The OpenStack Nova instance this domain is, from <metadata><nova:instance>.
     nova: NovaInstance | None = None
+    # <maxMemory slots=N>: libvirt refuses maxMemory without slots and the other way
+    # round (virDomainDefPostParseMemory), and a memory device beyond N.
+    memory_slots: int | None = None
+    iommufd: Iommufd | None = None  # the domain-level <iommufd> (libvirt >= 12.2)
+    dac: DacLabel | None = None  # <seclabel model='dac'>: the uid QEMU runs as
 
     @property
     def is_x86(self) -> bool:
@@ -91,6 +97,32 @@ class Domain(NamedTuple):
             return True
         return ((libvirt_version is None or libvirt_version >= (10, 10, 0)) and self.is_x86
                 and self.machine.family == "q35" and self.vcpus > 255)
+
+    @property
+    def hotpluggable_memory(self) -> int:
+        """Bytes of memory that can still be hot-added: up to ``<maxMemory>``.
+
+        libvirt's qemuDomainDefValidateMemoryHotplug (qemu_domain.c, 9.0): every memory
+        device takes a slot (nmems <= slots), and initial memory plus every device's
+        size stays within maxMemory. ``memory`` already holds the devices present
+        (virtio-mem at its maximum size), so what is left is maxMemory - memory, or
+        nothing when every slot is taken.
+        """
+        if not self.max_memory:
+            return 0
+        if self.memory_slots is not None and len(self.memory_devices) >= self.memory_slots:
+            return 0
+        return max(0, self.max_memory - self.memory)
+
+    @property
+    def iommufd_devices(self) -> tuple[str, ...]:
+        """Labels of the VFIO devices bound through iommufd rather than a type1 container:
+        PCI hostdevs with ``<driver iommufd='yes'/>``, or under a domain-level
+        ``<iommufd enabled='yes'/>`` unless they say ``iommufd='no'``."""
+        default = bool(self.iommufd is not None and self.iommufd.enabled)
+        return tuple(h.alias or h.source for h in self.hostdevs
+                     if h.is_vfio and h.type == "pci"
+                     and (h.iommufd if h.iommufd is not None else default))
 
     @property
     def named_files(self) -> tuple[str, ...]:
@@ -152,6 +184,7 @@ class Domain(NamedTuple):
         disks = tuple(Disk.from_xml(e) for e in dev("disk"))
         vfio, nvme, vdpa = _pinning_devices(hostdevs, interfaces, disks)
         metadata = one(top, "metadata")
+        max_memory = one(top, "maxMemory")
         return cls(
             name=text(one(top, "name")) or "(unnamed)",
             uuid=text(one(top, "uuid")),
@@ -159,7 +192,7 @@ class Domain(NamedTuple):
             arch=arch,
             machine=Machine(machine),
             memory=total_memory(root, memory_devices, top),
-            max_memory=scaled(one(top, "maxMemory"), what="<maxMemory>"),
+            max_memory=scaled(max_memory, what="<maxMemory>"),
             vcpus=vcpus or 1,
             iothreads=count(one(top, "iothreads"), "", what="<iothreads>") or 0,
             memory_devices=memory_devices,
@@ -183,6 +216,9 @@ class Domain(NamedTuple):
             nvme_disks=nvme,
             vdpa_devices=vdpa,
             nova=NovaInstance.from_metadata(metadata),
+            memory_slots=count(max_memory, "slots", what="<maxMemory slots=>"),
+            iommufd=Iommufd.from_xml(one(top, "iommufd")),
+            dac=DacLabel.from_xml(top.get("seclabel")),
         )
 
 

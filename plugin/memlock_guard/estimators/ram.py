@@ -1,4 +1,12 @@
-"""Guest RAM: boot memory and every memory device, mapped read-write by every container."""
+"""Guest RAM: boot memory and every memory device, mapped read-write by every container.
+
+With ``<maxMemory>``, the memory that can still be hot-added is an item of its own,
+marked ``hotplug``: not in the requirement at start (the VM starts and runs without
+it), but in the recommended hard_limit. Once a hard_limit is set, libvirt no longer
+grows QEMU's limit at a memory hot-add (qemuDomainAdjustMaxMemLock returns the
+hard_limit), and QEMU aborts when it cannot map new RAM for VFIO after machine init
+(hw_error "vfio: DMA mapping failed", hw/vfio/common.c). docs/sources.md section 9.
+"""
 
 from __future__ import annotations
 
@@ -22,4 +30,10 @@ def memlock_guard_exposures(domain: Domain, host: HostFacts) -> Iterable[Exposur
             note = "virtio-mem counted at its maximum <size>"
         out.append(Exposure(f"memory device {d.label} ({d.model})", d.size, Backing.ANON,
                             readonly=False, kind=Kind.RAM, note=note))
+    more = domain.hotpluggable_memory
+    if more:
+        out.append(Exposure("hot-pluggable memory up to maxMemory", more, Backing.ANON,
+                            readonly=False, kind=Kind.RAM, hotplug=True,
+                            note="not mapped at start: counted in the recommended "
+                                 "hard_limit, not in the requirement"))
     return out

@@ -141,11 +141,13 @@ def paragraph(report: Report, p: Policy) -> str:
     if nova is not None:
         who += (f" (OpenStack Nova instance {nova.name or '?'!r}, flavor "
                 f"{nova.flavor or '?'!r})")
+    others = (f", on top of the {human(v.uid_pinned)} that the other QEMUs of its uid "
+              f"already pin (iommufd charges the user)" if v.uid_pinned else "")
     return (
         f"{who} needs {human(v.required)} ({v.required} bytes) of locked memory "
-        f"in {v.mode.value} accounting ({v.mode_reason}){overridden}, but QEMU would get "
-        f"{human(limit)} ({limit} bytes) from {v.limit.source} ({v.limit.explanation}), "
-        f"short by {human(v.required - limit)}. Biggest items: {'; '.join(items)}. "
-        f"Remedy: {sentence(report)}"
+        f"in {v.mode.value} accounting ({v.mode_reason}){overridden}{others}, but QEMU "
+        f"would get {human(limit)} ({limit} bytes) from {v.limit.source} "
+        f"({v.limit.explanation}), short by {human(-(v.headroom or 0))}. Biggest items: "
+        f"{'; '.join(items)}. Remedy: {sentence(report)}"
         + "".join(f". {why}" for why in report.will_not_start)
     )

@@ -37,7 +37,7 @@ from lxml import etree
 from .. import __version__
 from ..accounting.ledger import Ledger
 from ..accounting.report import Report
-from ..accounting.verdict import Fit
+from ..accounting.verdict import Fit, Verdict
 from ..baselines.libvirt import LIBVIRT_UNLIMITED
 from ..domain.edit import metadata_child, raise_hard_limit, set_metadata
 from ..domain.serialize import serialize
@@ -98,12 +98,13 @@ def ledger_digest(ledger: Ledger) -> str:
     Canonical JSON of the items in ledger order; a field added to LedgerItem later
     changes every digest once, which only makes the next run re-judge (harmless).
     ``note`` and ``mapping`` are labels, not bytes: they are left out, so that adding
-    them did not change the digest of any domain apply had already raised.
+    them did not change the digest of any domain apply had already raised; ``hotplug``
+    is left out at its default (False) for the same reason.
     """
     items = []
     for item in ledger.items:
         d = {name: _plain(value) for name, value in item._asdict().items()
-             if name not in _LABELS}
+             if name not in _LABELS and not (name == "hotplug" and not value)}
         items.append(d)
     blob = json.dumps({"containers": ledger.containers, "items": items},
                       sort_keys=True, separators=(",", ":"))
@@ -173,14 +174,19 @@ def plan(report: Report, provenance: Provenance | None) -> Plan:
         return raise_to(v.recommended_hard_limit,
                         f"short by {human(-v.headroom)}: needs {human(v.required)} "
                         f"({v.mode.value}) but QEMU gets {human(v.limit.bytes)} "
-                        f"({v.limit.source})")
+                        f"({v.limit.source}){_reserve_words(v, lead='; ')}")
+    if ours and provenance is not None and current is not None \
+            and v.recommended_hard_limit > current:
+        # Our own limit follows our recommendation upward: devices or memory changed,
+        # or the policy now asks for more (a hotplug reserve, a larger margin).
+        why = ("devices changed" if provenance.ledger_digest != digest
+               else "the recommendation grew")
+        return raise_to(v.recommended_hard_limit,
+                        f"{why} since memlock-guard set {human(current)}: recommended now "
+                        f"{human(v.recommended_hard_limit)} (needs {human(v.required)}"
+                        f"{_reserve_words(v)}, footprint {human(v.footprint)})")
     if ours and provenance is not None and provenance.ledger_digest != digest:
         assert current is not None
-        if v.recommended_hard_limit > current:
-            return raise_to(v.recommended_hard_limit,
-                            f"devices changed since memlock-guard set {human(current)}: "
-                            f"recommended now {human(v.recommended_hard_limit)} "
-                            f"(needs {human(v.required)}, footprint {human(v.footprint)})")
         return keep(f"fits: devices changed, but the hard_limit memlock-guard set "
                     f"({human(current)}) still covers them")
     if v.required == 0:
@@ -189,6 +195,18 @@ def plan(report: Report, provenance: Provenance | None) -> Plan:
     whose = "memlock-guard's hard_limit" if ours else v.limit.source
     return keep(f"fits: needs {human(v.required)} ({v.mode.value}), QEMU gets "
                 f"{human(v.limit.bytes)} ({whose}), headroom {human(v.headroom)}")
+
+
+def _reserve_words(v: Verdict, lead: str = ", ") -> str:
+    """What the recommendation holds beyond the requirement, for a plan's reason."""
+    parts = []
+    if v.memory_reserve:
+        parts.append(f"{human(v.memory_reserve)} for memory up to maxMemory")
+    if v.vfio_reserve:
+        parts.append(f"{human(v.vfio_reserve)} for the policy's hotplug reserve")
+    if v.uid_pinned:
+        parts.append(f"{human(v.uid_pinned)} other QEMUs of its uid pin")
+    return f"{lead}plus {' and '.join(parts)}" if parts else ""
 
 
 # -- the edit --------------------------------------------------------------------------
@@ -200,23 +218,42 @@ def apply_to_xml(xml_text: str, report: Report, *, name: str | None = None) -> E
     back (with its own report) gives KEEP and the same text.
     """
     root = _parse(xml_text)
+    return edit_with(root, plan(report, read_provenance(root)), report, name=name)
+
+
+def edit_with(root: etree._Element, p: Plan, report: Report, *,
+              name: str | None = None) -> Edit:
+    """``root`` (parsed from a definition) with ``p`` carried out: what apply_to_xml does,
+    for a plan judged on another text. attach-device judges the definition with the
+    new device in it, and raises the limit of the definition as it is, before libvirt
+    adds the device."""
     old = serialize(root)
-    p = plan(report, read_provenance(root))
     if p.action is Action.KEEP:
         return Edit(p, old, old, "")
     assert p.new_hard_limit is not None
-    if p.new_hard_limit // KiB >= LIBVIRT_UNLIMITED:
-        # libvirt reads this value as "unlimited" and anything above as an overflow; no
-        # finite hard_limit covers such a domain, and writing "unlimited" is not ours to do.
-        raise InputError(f"{report.domain.name} would need a hard_limit of "
-                         f"{human(p.new_hard_limit)}, beyond the largest libvirt accepts "
-                         f"({human((LIBVIRT_UNLIMITED - 1) * KiB)}); not changed")
+    check_expressible(p.new_hard_limit, report.domain.name)
     raise_hard_limit(root, p.new_hard_limit)
-    set_metadata(root, _provenance_element(Provenance(
-        value_kib=p.new_hard_limit // KiB, mode=report.verdict.mode.value,
-        version=__version__, ledger_digest=p.ledger_digest)))
+    set_metadata(root, provenance_element(p, report))
     new = serialize(root)
     return Edit(p, old, new, unified_diff(old, new, name or report.domain.name))
+
+
+def check_expressible(hard_limit: int, name: str) -> None:
+    """InputError when libvirt cannot take ``hard_limit`` as a finite value."""
+    if hard_limit // KiB >= LIBVIRT_UNLIMITED:
+        # libvirt reads this value as "unlimited" and anything above as an overflow; no
+        # finite hard_limit covers such a domain, and writing "unlimited" is not ours to do.
+        raise InputError(f"{name} would need a hard_limit of {human(hard_limit)}, beyond "
+                         f"the largest libvirt accepts "
+                         f"({human((LIBVIRT_UNLIMITED - 1) * KiB)}); not changed")
+
+
+def provenance_element(p: Plan, report: Report) -> etree._Element:
+    """``<mga:applied>`` for a raise to ``p.new_hard_limit`` on ``report``'s judgement."""
+    assert p.new_hard_limit is not None
+    return _provenance_element(Provenance(
+        value_kib=p.new_hard_limit // KiB, mode=report.verdict.mode.value,
+        version=__version__, ledger_digest=p.ledger_digest))
 
 
 def unified_diff(old: str, new: str, name: str) -> str:
