@@ -162,12 +162,39 @@ VALID = [FULL, doc(""), doc("<adjust/>"), doc("<zero-page-allowance>unlimited"
          doc("<plugins/>"),
          doc("<kubevirt-version>v1.8.3</kubevirt-version>"
              "<kubevirt-overhead-ratio>1.5</kubevirt-overhead-ratio>"),
-         doc("<kubevirt-version>main</kubevirt-version>")]
+         doc("<kubevirt-version>main</kubevirt-version>"),
+         doc("<hotplug-reserve><vfio-devices>2</vfio-devices></hotplug-reserve>"),
+         doc("<hotplug-reserve><vfio-devices> 256 </vfio-devices></hotplug-reserve>"),
+         doc("<hotplug-reserve/>")]
 INVALID = [doc("<mode>x</mode>"), doc("<mode/><mode/>"), doc("<foo/>"),
            doc("<margin unit='q'>1</margin>"), doc("<adjust><x/></adjust>"),
            doc("<on-error>maybe</on-error>"), doc("<audit-log>x</audit-log>"),
            doc("<kubevirt-version>latest</kubevirt-version>"),
-           doc("<kubevirt-overhead-ratio>1,5</kubevirt-overhead-ratio>")]
+           doc("<kubevirt-overhead-ratio>1,5</kubevirt-overhead-ratio>"),
+           doc("<hotplug-reserve><vfio-devices>257</vfio-devices></hotplug-reserve>"),
+           doc("<hotplug-reserve><vfio-devices>-1</vfio-devices></hotplug-reserve>"),
+           doc("<hotplug-reserve><vfio-devices>two</vfio-devices></hotplug-reserve>"),
+           doc("<hotplug-reserve><vfio-devices/></hotplug-reserve>"),
+           doc("<hotplug-reserve><memory>1</memory></hotplug-reserve>"),
+           doc("<hotplug-reserve><vfio-devices>1</vfio-devices>"
+               "<vfio-devices>1</vfio-devices></hotplug-reserve>"),
+           doc("<hotplug-reserve/><hotplug-reserve/>")]
+
+
+def test_hotplug_reserve_in_the_host_file_and_per_domain():
+    p = pol.parse(doc("<hotplug-reserve><vfio-devices>2</vfio-devices></hotplug-reserve>"))
+    assert p.reserve_vfio_devices == 2
+    assert policy_model.to_settings(p).reserve_vfio_devices == 2
+    assert policy_model.DEFAULTS.reserve_vfio_devices == 0
+    # A domain may ask for its own reserve (it only ever raises what apply writes).
+    over = pol.override(p, b'<mg:policy xmlns:mg="urn:memlock-guard:policy:1">'
+                           b"<hotplug-reserve><vfio-devices>3</vfio-devices>"
+                           b"</hotplug-reserve></mg:policy>", domain_name="vm")
+    assert over.reserve_vfio_devices == 3 and over.overridden == ("hotplug-reserve",)
+    with pytest.raises(InputError, match=r"<vfio-devices> is '999'; expected a whole number "
+                                         r"from 0 to 256"):
+        pol.parse(doc("<hotplug-reserve><vfio-devices>999</vfio-devices>"
+                      "</hotplug-reserve>"))
 
 
 @pytest.mark.parametrize("data", VALID + INVALID)

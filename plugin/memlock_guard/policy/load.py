@@ -15,9 +15,10 @@ The host file is ``/etc/memlock-guard/policy.xml`` (``--policy`` or
       <audit-log>/var/log/memlock-guard/audit.jsonl</audit-log>
       <kubevirt-version>1.9.0</kubevirt-version>            the cluster's KubeVirt
       <kubevirt-overhead-ratio>1.0</kubevirt-overhead-ratio>   its CR's overhead ratio
+      <hotplug-reserve><vfio-devices>0</vfio-devices></hotplug-reserve>
     </policy>
 
-A domain may override the first five inside ``<metadata><mg:policy
+A domain may override the first five, and hotplug-reserve, inside ``<metadata><mg:policy
 xmlns:mg="urn:memlock-guard:policy:1">``. ``on-error``, ``plugins`` and ``audit-log`` are
 host-only: whoever can edit a domain must not load code into a root process, switch off
 the fail-safe or hide the audit trail; the two KubeVirt elements describe the cluster,
@@ -47,6 +48,7 @@ from .model import (
     ADJUSTABLE_OPS,
     DEFAULTS,
     HOST_ONLY,
+    MAX_RESERVE_VFIO_DEVICES,
     OnError,
     OnShortfall,
     Policy,
@@ -109,6 +111,32 @@ def for_domain(base: Policy, domain: Domain) -> Policy:
     return override(base, domain.metadata_element("policy"), domain_name=domain.name)
 
 
+def _hotplug_reserve(el: etree._Element, what: str) -> int:
+    """``<hotplug-reserve><vfio-devices>N</vfio-devices></hotplug-reserve>``: N (0 when
+    the element is empty)."""
+    if (el.text or "").strip():
+        raise InputError(f"{_where(what, el)} has stray text; expected <vfio-devices>")
+    count: int | None = None
+    for child in el:
+        if child.tag != _q("vfio-devices"):
+            raise InputError(f"{_where(what, child)} inside <hotplug-reserve>: expected "
+                             f"<vfio-devices>")
+        if count is not None:
+            raise InputError(f"{_where(what, child)} appears more than once in "
+                             f"<hotplug-reserve>")
+        if len(child):
+            raise InputError(f"{_where(what, child)} takes a number, not child elements")
+        raw = (child.text or "").strip()
+        if not raw.isascii() or not raw.isdigit() or int(raw) > MAX_RESERVE_VFIO_DEVICES:
+            shown = raw if len(raw) <= 30 else raw[:30] + "…"
+            raise InputError(f"{_where(what, child)} is {shown!r}; expected a whole number "
+                             f"from 0 to {MAX_RESERVE_VFIO_DEVICES}")
+        if (child.tail or "").strip():
+            raise InputError(f"{_where(what, child)} is followed by stray text")
+        count = int(raw)
+    return count or 0
+
+
 # -- reading ---------------------------------------------------------------------------
 
 def _read_regular_file(path: str, *, missing_ok: bool) -> bytes | None:
@@ -157,6 +185,7 @@ _ELEMENT_OF = {
     "zero_page_allowance": "zero-page-allowance", "on_error": "on-error",
     "plugins": "plugins", "audit_log": "audit-log", "kubevirt_version": "kubevirt-version",
     "kubevirt_overhead_ratio": "kubevirt-overhead-ratio",
+    "reserve_vfio_devices": "hotplug-reserve",
 }
 _FIELD_OF = {v: k for k, v in _ELEMENT_OF.items()}
 
@@ -283,6 +312,8 @@ def _value(el: etree._Element, name: str, what: str) -> Any:
         if not path.startswith("/"):
             raise InputError(f"{_where(what, el)} must be an absolute path")
         return path
+    if name == "hotplug-reserve":
+        return _hotplug_reserve(el, what)
     raise AssertionError(name)  # _FIELD_OF and this function list the same names
 
 

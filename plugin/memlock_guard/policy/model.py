@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from ..accounting.report import Settings
 
 ADJUSTABLE_OPS = ("migrate", "restore")
+# <hotplug-reserve><vfio-devices>N: each device is a whole copy of guest memory behind a
+# vIOMMU; more than this is a typo, not a plan (and QEMU's intel-iommu has 256 devfns
+# per bus to give).
+MAX_RESERVE_VFIO_DEVICES = 256
 # Settable only in the host file: whoever can edit a domain must not load code into a
 # root process, switch off the fail-safe or hide the audit trail.
 HOST_ONLY = ("on-error", "plugins", "audit-log", "kubevirt-version", "kubevirt-overhead-ratio")
@@ -63,6 +67,9 @@ class Policy(NamedTuple):
     # Host-only like on-error: facts about the cluster, not a domain's wish.
     kubevirt_version: str | None = None
     kubevirt_overhead_ratio: str | None = None
+    # <hotplug-reserve><vfio-devices>: apply/watch leave room for this many more VFIO
+    # devices behind a vIOMMU in the hard_limit they write.
+    reserve_vfio_devices: int = 0
     # Where the values came from, for messages and the audit log.
     origin: str = "built-in defaults"
     # Elements a domain's <metadata> overrode, in document order.
@@ -97,7 +104,8 @@ def to_settings(p: Policy, *, libvirt_version: tuple[int, int, int] | None = Non
 
     s = Settings(mode=p.mode, margin=p.margin, zero_page_allowance=p.zero_page_allowance,
                  libvirt_version=libvirt_version, platform=platform,
-                 kubevirt_overhead_ratio=p.kubevirt_overhead_ratio)
+                 kubevirt_overhead_ratio=p.kubevirt_overhead_ratio,
+                 reserve_vfio_devices=p.reserve_vfio_devices)
     return s._replace(kubevirt_version=p.kubevirt_version) if p.kubevirt_version else s
 
 
