@@ -2,9 +2,10 @@
 
 cli.py only wires them into argparse. A verb module imports what it needs inside
 run(), so ``memlock-guard --help`` stays quick and never needs libvirt-python.
-common.py and libvirt_common.py hold the options and plumbing the verbs share;
-render.py prints a report as text or JSON (schemas/estimate.schema.json); measured.py
-prints page measurements (measure --zero-pages, explain --measured).
+common.py and libvirt_common.py hold the options and plumbing the verbs share
+(hotplug_common.py what attach-device and detach-device share); render.py prints a
+report as text or JSON (schemas/estimate.schema.json); measured.py prints page
+measurements (measure --zero-pages, explain --measured).
 """
 
 VERBS = (
@@ -12,6 +13,8 @@ VERBS = (
     "explain",
     "check",
     "apply",
+    "attach_device",
+    "detach_device",
     "watch",
     "measure",
     "install_hook",

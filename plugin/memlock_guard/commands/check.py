@@ -18,6 +18,12 @@ limit QEMU will get, the headroom and the verdict. Nothing is changed. A short O
 Nova instance is pointed at its flavor and image ('explain' lists the changes), since
 Nova redefines it at every start.
 
+Below the table, a warning for each domain whose hard_limit leaves no room for one more
+VFIO device behind its vIOMMU, or for memory hot-added up to maxMemory: libvirt does
+not grow a hard_limit at hotplug, so such hotplugs must go through 'memlock-guard
+attach-device'. Warnings do not change the exit status; in JSON each domain has a
+"warnings" list (kind, needed_bytes, limit_bytes, message).
+
 examples:
   memlock-guard check --all
   memlock-guard check vm1 vm2 --mode strict
@@ -66,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"no domains on {uri(args)}")
         else:
             print(_table(rows))
+            _print_warnings(rows)
     if any(r.error for r in rows):
         return 2
     return 1 if any(r.short for r in rows) else 0
@@ -98,8 +105,22 @@ def _row(dom: Any, judge: Any) -> Row:
         "headroom_bytes": v.headroom,
         "verdict": v.fit.value,
         "recommended_hard_limit_bytes": v.recommended_hard_limit,
+        **_hotplug_fields(report),
     }
     return Row(name, uuid, data, short=v.fit.value == "short", error=False)
+
+
+def _hotplug_fields(report: Any) -> dict[str, Any]:
+    """Where the hard_limit blocks libvirt's growth at hotplug (accounting/hotplug.py)."""
+    from ..accounting import hotplug
+
+    return {"warnings": hotplug.to_dicts(hotplug.warnings(report))}
+
+
+def _print_warnings(rows: list[Row]) -> None:
+    for r in rows:
+        for w in r.data.get("warnings", ()):
+            print(f"warning: {w['message']}")
 
 
 def _table(rows: list[Row]) -> str:

@@ -29,6 +29,10 @@ or with --platform kubevirt, the report ends with the remedies in that platform'
 flavor and image properties for Nova (which redefines the domain at every start and hard
 reboot), KubeVirt settings with their numbers for KubeVirt.
 
+A "warning" line (JSON: report.warnings) says when the hard_limit leaves no room for
+one more VFIO device behind the vIOMMU, or for memory up to maxMemory: such hotplugs
+must go through 'memlock-guard attach-device'.
+
 --measured (a running domain, on this host, as root; implies --live) puts the ledger
 side by side with the running QEMU, item by item: the bytes of each item's mapping
 mapped now (boot-time items, such as ROM BARs, usually are not), and its pages from

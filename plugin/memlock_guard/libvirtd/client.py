@@ -228,3 +228,71 @@ def daemon_version(conn: Any) -> tuple[int, int, int] | None:
     except Exception:  # a driver without the call: fall back to the host's probe
         return None
     return v // 1_000_000, (v // 1000) % 1000, v % 1000
+
+
+# -- hotplug (attach-device, detach-device) --------------------------------------------
+
+def affect_flags(*, live: bool, config: bool) -> int:
+    """VIR_DOMAIN_AFFECT_LIVE / _CONFIG for the definitions a change touches."""
+    lv = require_libvirt()
+    return (lv.VIR_DOMAIN_AFFECT_LIVE if live else 0) | \
+        (lv.VIR_DOMAIN_AFFECT_CONFIG if config else 0)
+
+
+def set_memtune(dom: Any, *, hard_limit: int | None, live: bool,
+                swap_hard_limit: int | None = None, set_swap: bool = False) -> None:
+    """Set the live (``live``) or persistent hard_limit, bytes; None puts back "not set".
+    With ``set_swap``, swap_hard_limit too (None: not set); else it is left alone.
+
+    One definition per call: libvirt-python refuses LIVE|CONFIG together (it asks
+    virDomainGetMemoryParameters for the types first, which takes one). Given together,
+    libvirt orders hard_limit and swap_hard_limit itself so that hard <= swap holds at
+    every step (virDomainCgroupSetMemoryLimitParameters). The live call writes the
+    memory cgroup and the live XML; QEMU's RLIMIT_MEMLOCK follows at the next hotplug,
+    when qemuDomainAdjustMaxMemLock applies the live hard_limit.
+    """
+    from ..baselines.libvirt import LIBVIRT_UNLIMITED
+
+    lv = require_libvirt()
+
+    def kib(value: int | None) -> int:
+        return LIBVIRT_UNLIMITED if value is None else -(-value // 1024)
+
+    params = {lv.VIR_DOMAIN_MEMORY_HARD_LIMIT: kib(hard_limit)}
+    if set_swap:
+        params[lv.VIR_DOMAIN_MEMORY_SWAP_HARD_LIMIT] = kib(swap_hard_limit)
+    which = "live" if live else "persistent"
+    try:
+        dom.setMemoryParameters(params, affect_flags(live=live, config=not live))
+    except lv.libvirtError as e:
+        raise wrap(e, f"setting the {which} hard_limit of {dom.name()}") from None
+
+
+def set_metadata_element(dom: Any, element_xml: str | None, *, prefix: str, namespace: str,
+                         live: bool) -> None:
+    """Put (or with None, remove) the ``<metadata>`` child in ``namespace``."""
+    lv = require_libvirt()
+    which = "live" if live else "persistent"
+    try:
+        dom.setMetadata(lv.VIR_DOMAIN_METADATA_ELEMENT, element_xml,
+                        prefix if element_xml is not None else None, namespace,
+                        affect_flags(live=live, config=not live))
+    except lv.libvirtError as e:
+        raise wrap(e, f"setting the {which} metadata of {dom.name()}") from None
+
+
+def attach_device(dom: Any, xml: str, *, live: bool, config: bool) -> None:
+    """virDomainAttachDeviceFlags; libvirt's own error, on one line, when it fails."""
+    lv = require_libvirt()
+    try:
+        dom.attachDeviceFlags(xml, affect_flags(live=live, config=config))
+    except lv.libvirtError as e:
+        raise wrap(e, f"attaching the device to {dom.name()}") from None
+
+
+def detach_device(dom: Any, xml: str, *, live: bool, config: bool) -> None:
+    lv = require_libvirt()
+    try:
+        dom.detachDeviceFlags(xml, affect_flags(live=live, config=config))
+    except lv.libvirtError as e:
+        raise wrap(e, f"detaching the device from {dom.name()}") from None

@@ -75,6 +75,9 @@ MAX_VMI_JSON_BYTES = 1 * MiB
 # Nesting of that JSON: a real VMI is about 10 levels deep; Python's own parser would
 # only stop at its recursion limit (about 1000), with a RecursionError.
 MAX_JSON_DEPTH = 64
+# attach-device's FILE: one device element is a few hundred bytes (virsh reads up to
+# 10 MiB, VSH_MAX_XML_FILE, for any XML it is given).
+MAX_DEVICE_XML_BYTES = 1 * MiB
 
 # -- the KubeVirt sidecar's settings (environment, then the policy file) ------------------
 
