@@ -9,4 +9,7 @@ Where is X decided?
 - fits / short / unlimited, headroom and the recommended hard_limit: verdict.py
 - the one call every front end makes (``assess``), the limit QEMU really gets
   (``effective_limit``), and the audit record of a decision: report.py
+- which kernel interface pins (VFIO type1, iommufd) and whom it charges: backend.py
+- where a hard_limit blocks libvirt's growth at hotplug (the warnings): hotplug.py
+- iommufd user accounting, what the other QEMUs of a uid already pin: pins.py
 """

@@ -66,3 +66,12 @@ _NONE = Backend("none", Accounting.PROCESS, "nothing pins guest memory")
 _TYPE1 = Backend("vfio-type1", Accounting.PROCESS,
                  "VFIO type1 containers (and NVMe, vDPA) charge this QEMU's locked memory "
                  "against its own limit")
+
+
+def ioas_count(domain: Domain, libvirt_version: tuple[int, int, int] | None = None) -> int:
+    """How many IOASes the domain's iommufd devices pin through: one each behind a
+    vIOMMU, else one shared (estimators/containers.py)."""
+    n = len(domain.iommufd_devices)
+    if not n:
+        return 0
+    return n if domain.has_viommu(libvirt_version) else 1

@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         doms = selected(conn, args, persistent_only=False)
         judge = make_judge(args, conn, policy)
-        rows = [_row(dom, judge) for dom in doms]
+        pins = _pins(conn, judge)
+        rows = [_row(dom, judge, pins) for dom in doms]
     finally:
         conn.close()
     if not args.quiet:
@@ -78,7 +79,14 @@ def run(args: argparse.Namespace) -> int:
     return 1 if any(r.short for r in rows) else 0
 
 
-def _row(dom: Any, judge: Any) -> Row:
+def _pins(conn: Any, judge: Any) -> Any:
+    """iommufd user accounting: what the other running QEMUs of a uid pin (libvirtd/pins.py)."""
+    from ..libvirtd.pins import LivePins
+
+    return LivePins(conn, judge)
+
+
+def _row(dom: Any, judge: Any, pins: Any) -> Row:
     from ..libvirtd import client as lc
     from ..support.errors import MemlockGuardError
 
@@ -87,6 +95,7 @@ def _row(dom: Any, judge: Any) -> Row:
         persistent = lc.is_persistent(dom)
         xml = lc.persistent_xml(dom) if persistent else lc.live_xml(dom)
         report, _policy = judge(xml)
+        report = pins.judge(xml, report)
     except lc.LibvirtUnreachable:
         raise  # the whole run is over; one line, exit 2
     except MemlockGuardError as e:

@@ -21,8 +21,12 @@ if TYPE_CHECKING:
 
 
 def decide(op: str, data: bytes, progress: Progress, policy_path: str | None,
-           facts_path: str | None) -> HookAnswer:
-    """Judge the domain XML ``data`` for ``op`` (prepare | migrate | restore)."""
+           facts_path: str | None, cache_dir: str | None = None) -> HookAnswer:
+    """Judge the domain XML ``data`` for ``op`` (prepare | migrate | restore).
+
+    ``cache_dir``: the decision cache's directory, where pins.py keeps its records.
+    """
+    from ..accounting.backend import backend_of
     from ..accounting.report import assess
     from ..domain import Domain
     from ..host.cache import hook_facts
@@ -50,9 +54,20 @@ def decide(op: str, data: bytes, progress: Progress, policy_path: str | None,
     progress.policy_origin = p.origin
 
     files = domain.named_files
-    report = assess(domain, hook_facts(files, facts_path), to_settings(p), plugin_manager(p))
+    host = hook_facts(files, facts_path)
+    # iommufd user accounting: the other QEMUs of this uid count against this one's
+    # limit (accounting/pins.py); every other domain reads nothing more.
+    shared = backend_of(domain).user_accounting
+    uid_pinned = 0
+    if shared:
+        from .pins import uid_pinned_now
+
+        uid_pinned = uid_pinned_now(domain, host, cache_dir=cache_dir)
+    report = assess(domain, host, to_settings(p), plugin_manager(p), uid_pinned=uid_pinned)
     answer = judge(op, report, p, root, progress)
     answer.files = files
+    if shared:
+        answer.cacheable = False  # it rests on what else runs now, not on its inputs
     return answer
 
 

@@ -116,7 +116,7 @@ def _answer(op: str, stdin: IO[bytes], progress: Progress, policy_path: str | No
     # An oversized XML is refused by decide() too (xmlsafe.parse), but only after the
     # policy is loaded: raising here answered with the built-in on-error (allow) and
     # audit log, whatever the policy said.
-    outcome = decide(op, data, progress, policy_path, facts_path)
+    outcome = decide(op, data, progress, policy_path, facts_path, cache_dir)
     if digest is not None and cache_dir and outcome.cacheable:
         from . import cache as decision_cache
 

@@ -98,3 +98,55 @@ def libvirtd_memlock() -> tuple[str, str] | None:
         except (OSError, ValueError, IndexError):
             continue
     return None
+
+
+# -- running QEMUs (iommufd user accounting: hook/pins.py) -------------------------------
+
+# libvirt's status XML of each running domain of qemu:///system: <domstatus pid=...>
+# around the live <domain> (src/qemu/qemu_conf.c stateDir, virDomainObjSave).
+QEMU_STATUS_DIR = "/run/libvirt/qemu"
+
+
+def process_pins(pid: int, proc: str = "/proc") -> tuple[int | None, int | None]:
+    """(VmPin, VmLck) of a process from /proc/PID/status, bytes; None when unreadable."""
+    pin = lck = None
+    try:
+        with open(f"{proc}/{pid}/status", "rb") as f:
+            for line in f.read(64 * 1024).splitlines():
+                if line.startswith((b"VmPin:", b"VmLck:")):
+                    parts = line.split()
+                    value = int(parts[1]) * 1024 if len(parts) >= 2 and parts[1].isdigit() \
+                        else None
+                    if line.startswith(b"VmPin:"):
+                        pin = value
+                    else:
+                        lck = value
+    except OSError:
+        return None, None
+    return pin, lck
+
+
+def is_guest_process(pid: int, name: str, proc: str = "/proc") -> bool:
+    """Whether PID is still the QEMU libvirt started for ``name`` (its command line has
+    ``-name guest=NAME``), not a process that reused the number."""
+    try:
+        with open(f"{proc}/{pid}/cmdline", "rb") as f:
+            args = f.read(1024 * 1024).split(b"\0")
+    except OSError:
+        return False
+    want = b"guest=" + name.replace(",", ",,").encode()
+    return any(a == want or a.startswith(want + b",") for a in args)
+
+
+def resolve_user(user: str | None) -> int | None:
+    """A DAC label's user part as a uid: ``+64055``, or a name looked up in passwd."""
+    if not user:
+        return None
+    if user.startswith("+"):
+        return int(user[1:]) if user[1:].isascii() and user[1:].isdigit() else None
+    try:
+        import pwd
+
+        return pwd.getpwnam(user).pw_uid
+    except (KeyError, ImportError):
+        return None

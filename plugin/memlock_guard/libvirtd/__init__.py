@@ -8,5 +8,8 @@ domain while a hook runs, so a call back would deadlock.
 - apply.py: what to change in a persistent definition and the new XML, pure;
 - reconcile.py: the libvirt round trip of one domain, judged as the hook will judge it,
   without losing a concurrent edit;
-- watch.py: the reconciler daemon (events, resyncs, reconnects).
+- watch.py: the reconciler daemon (events, resyncs, reconnects);
+- hotplug.py: attach-device and detach-device (judge, raise, hotplug, put back);
+- pins.py: under iommufd user accounting, what the other running QEMUs of a uid pin,
+  from their live XMLs (check).
 """

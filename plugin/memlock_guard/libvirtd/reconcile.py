@@ -66,10 +66,12 @@ class Judge:
         return self.host._replace(rom_files=tuple(sorted({**known, **dict(extra)}.items())),
                                   missing_files=missing)
 
-    def __call__(self, xml_text: str) -> tuple[Report, policy_model.Policy]:
+    def __call__(self, xml_text: str, *,
+                 uid_pinned: int = 0) -> tuple[Report, policy_model.Policy]:
         domain = parse_domain(xml_text.encode())
         settings, p = self.settings_for(domain)
-        return assess(domain, self.host_for(domain), settings, self.pm), p
+        return assess(domain, self.host_for(domain), settings, self.pm,
+                      uid_pinned=uid_pinned), p
 
 
 @dataclass(frozen=True, slots=True)
