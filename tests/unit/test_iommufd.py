@@ -293,3 +293,41 @@ def test_process_pins_reads_proc_status() -> None:
     assert sources.resolve_user("+64055") == 64055
     assert sources.resolve_user("root") == 0
     assert sources.resolve_user("no-such-user-mg") is None
+
+
+# -- check: the running domains through libvirt ----------------------------------------------
+
+def test_check_reads_the_running_domains_live_xml(tmp_path: Path,
+                                                  pinned_host: HostFacts) -> None:
+    pytest.importorskip("libvirt")
+    from memlock_guard.libvirtd.pins import LivePins
+    from memlock_guard.libvirtd.reconcile import Judge
+    from memlock_guard.policy import model as policy_model
+
+    from .testdriver import open_test_driver
+
+    td = open_test_driver(tmp_path)
+    try:
+        xml = domain_xml(hostdev(5), virt="test", name="mgt-pins",
+                         extra="<seclabel type='static' model='dac' relabel='no'>"
+                               "<label>+107:+107</label></seclabel>").decode()
+        td.define(xml).create()
+        judge = Judge(policy=policy_model.DEFAULTS, host=pinned_host, probe_files=False)
+        live = LivePins(td.conn, judge)
+        found = {v.name: v for v in live.running()}
+        # test:///default's own running "test" domain, and ours with its static label
+        assert {"test", "mgt-pins"} <= set(found)
+        mine = found["mgt-pins"]
+        assert (mine.uid, mine.default_user, mine.user_charged) == (107, False, False)
+        # A domain under process accounting is judged as it is, nothing added.
+        report, _ = judge(xml)
+        assert live.judge(xml, report) is report
+        # Under user accounting it is judged again with the sum (0: libvirt 9.0 keeps no
+        # <iommufd>, so no running domain here is user-charged).
+        cand = fd_domain(hostdev(6), name="mgt-cand").decode()
+        cand_report, _ = judge(cand)
+        assert cand_report.ledger.backend is not None
+        assert cand_report.ledger.backend.user_accounting
+        assert live.judge(cand, cand_report).verdict.uid_pinned == 0
+    finally:
+        td.cleanup()

@@ -1,7 +1,7 @@
 """``<seclabel model='dac'>``: which uid the QEMU process runs as.
 
 Only iommufd's user accounting needs this (all QEMUs of one uid add up against each
-one's limit, docs/sources.md section 9). libvirt's DAC driver runs QEMU as qemu.conf's
+one's limit, docs/sources.md section 10). libvirt's DAC driver runs QEMU as qemu.conf's
 ``user`` unless the domain has a static label; it writes the generated label
 (``+UID:+GID``, type='dynamic') into the live status XML at start
 (qemuSecurityGenLabel, called from qemuProcessPrepareDomain, after the prepare hook

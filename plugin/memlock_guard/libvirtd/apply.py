@@ -222,7 +222,7 @@ def apply_to_xml(xml_text: str, report: Report, *, name: str | None = None) -> E
 
 
 def edit_with(root: etree._Element, p: Plan, report: Report, *,
-              name: str | None = None) -> Edit:
+              name: str | None = None, after: str = "apply") -> Edit:
     """``root`` (parsed from a definition) with ``p`` carried out: what apply_to_xml does,
     for a plan judged on another text. attach-device judges the definition with the
     new device in it, and raises the limit of the definition as it is, before libvirt
@@ -235,7 +235,7 @@ def edit_with(root: etree._Element, p: Plan, report: Report, *,
     raise_hard_limit(root, p.new_hard_limit)
     set_metadata(root, provenance_element(p, report))
     new = serialize(root)
-    return Edit(p, old, new, unified_diff(old, new, name or report.domain.name))
+    return Edit(p, old, new, unified_diff(old, new, name or report.domain.name, after))
 
 
 def check_expressible(hard_limit: int, name: str) -> None:
@@ -256,10 +256,10 @@ def provenance_element(p: Plan, report: Report) -> etree._Element:
         version=__version__, ledger_digest=p.ledger_digest))
 
 
-def unified_diff(old: str, new: str, name: str) -> str:
+def unified_diff(old: str, new: str, name: str, after: str = "apply") -> str:
     return "".join(difflib.unified_diff(
         old.splitlines(keepends=True), new.splitlines(keepends=True),
-        fromfile=f"{name} (persistent definition)", tofile=f"{name} (after apply)"))
+        fromfile=f"{name} (persistent definition)", tofile=f"{name} (after {after})"))
 
 
 def _parse(xml_text: str) -> etree._Element:

@@ -198,7 +198,7 @@ def judge_definition(which: str, xml: str, device: Device, judge: Judge, *,
         if new is not None:
             swap_to = new[1]
         if which == PERSISTENT:
-            edit = applymod.edit_with(root, plan, report)
+            edit = applymod.edit_with(root, plan, report, after="attach-device")
         else:
             el = metadata_child(root, APPLIED_NS)
             old_applied = None if el is None else _unqualified(el)
