@@ -175,6 +175,15 @@ def guests(tmp_path: Path) -> Iterator[dict[str, int]]:
         procs[name] = subprocess.Popen(
             [sys.executable, "-c", "import time; time.sleep(120)", "-name",
              f"guest={name},debug-threads=on"])
+    import time
+
+    # Popen can return before the child's exec is visible in /proc (empty cmdline):
+    # wait until each names its guest, as a running QEMU does.
+    deadline = time.monotonic() + 30
+    for name, p in procs.items():
+        while b"guest=" + name.encode() not in Path(f"/proc/{p.pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline, f"{name}: the process never started"
+            time.sleep(0.01)
     yield {n: p.pid for n, p in procs.items()}
     for p in procs.values():
         p.kill()

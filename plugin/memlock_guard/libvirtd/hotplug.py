@@ -154,7 +154,7 @@ class Step:
     text: str
     from_bytes: int | None = None
     to_bytes: int | None = None
-    status: str = "planned"  # planned | done | failed
+    status: str = "planned"  # planned | done | failed | skipped (after a failure)
     error: str | None = None
 
 
@@ -283,6 +283,7 @@ def run(dom: Any, device: Device, judge: Judge, *, live: bool, config: bool,
     except MemlockGuardError as e:
         if isinstance(e, lc.LibvirtUnreachable):
             raise
+        done += [replace(s, status="skipped") for s in steps[len(done):]]
         restored = _undo(dom, undo, done, name, device, audit)
         return replace(out, steps=tuple(done), error=str(e), restored=restored)
 
@@ -304,8 +305,14 @@ def _raise(dom: Any, j: Judged) -> str | None:
     lc.set_memtune(dom, hard_limit=j.plan.new_hard_limit, live=True,
                    swap_hard_limit=j.swap_to, set_swap=j.swap_to is not None)
     element = applymod.provenance_element(j.plan, j.report)
-    lc.set_metadata_element(dom, _unqualified(element), prefix=APPLIED_PREFIX,
-                            namespace=APPLIED_NS, live=True)
+    try:
+        lc.set_metadata_element(dom, _unqualified(element), prefix=APPLIED_PREFIX,
+                                namespace=APPLIED_NS, live=True)
+    except MemlockGuardError:
+        # This step failed as a whole: its own memtune goes back before anyone else's.
+        lc.set_memtune(dom, hard_limit=j.plan.current_hard_limit, live=True,
+                       swap_hard_limit=j.swap_from, set_swap=j.swap_to is not None)
+        raise
     return None
 
 
