@@ -282,7 +282,11 @@ def run(dom: Any, device: Device, judge: Judge, *, live: bool, config: bool,
         return replace(out, steps=tuple(done))
     except MemlockGuardError as e:
         if isinstance(e, lc.LibvirtUnreachable):
-            raise
+            if not undo:
+                raise
+            left = " and ".join(j.which for j, _ in undo)
+            raise lc.LibvirtUnreachable(f"{e}; the {left} hard_limit was raised and could "
+                                        f"not be put back") from None
         done += [replace(s, status="skipped") for s in steps[len(done):]]
         restored = _undo(dom, undo, done, name, device, audit)
         return replace(out, steps=tuple(done), error=str(e), restored=restored)
