@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, note
+from hypothesis import assume, given, note
 from hypothesis import strategies as st
 from memlock_guard.accounting.ledger import Kind
 from memlock_guard.accounting.modes import Mode
@@ -101,6 +101,10 @@ def test_strict_is_never_below_tolerant(spec: Spec, allowance: int | None) -> No
 @SETTINGS
 @given(domains(max_devices=6), DEVICE)
 def test_adding_a_device_never_lowers_the_strict_requirement(spec: Spec, device: str) -> None:
+    # The first explicit <video> replaces the default one libvirt adds for <graphics>
+    # (domain/video.py post_parse_videos): a smaller card then maps less, rightly.
+    assume(not (device.startswith("<video")
+                and not any(d.startswith("<video") for d in spec.devices)))
     before = judge(spec.xml()).verdict.required_strict
     after = judge(spec.plus(device).xml()).verdict.required_strict
     assert after >= before
