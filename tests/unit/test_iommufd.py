@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from memlock_guard.accounting import pins
-from memlock_guard.accounting.backend import Accounting, backend_of
+from memlock_guard.accounting.backend import PROCESS, USER, backend_of
 from memlock_guard.accounting.modes import Mode
 from memlock_guard.accounting.report import Settings, assess
 from memlock_guard.baselines.libvirt import libvirt_limit
@@ -56,13 +56,13 @@ def fd_domain(devices: str, *, fdgroup: str | None = "iommu", extra: str = "",
 def test_backend_and_accounting_mode_from_the_xml() -> None:
     assert backend_of(parse_domain(domain_xml(""))).name == "none"
     t1 = backend_of(parse_domain(domain_xml(hostdev(5))))
-    assert (t1.name, t1.accounting) == ("vfio-type1", Accounting.PROCESS)
+    assert (t1.name, t1.accounting) == ("vfio-type1", PROCESS)
     # Per device (libvirt 12.1): libvirt opens /dev/iommu and sets process accounting.
     own = backend_of(parse_domain(domain_xml(hostdev(5, "yes"))))
-    assert (own.name, own.accounting, own.fdgroup) == ("iommufd", Accounting.PROCESS, None)
+    assert (own.name, own.accounting, own.fdgroup) == ("iommufd", PROCESS, None)
     # Domain-level with a descriptor passed in: the kernel's default, user accounting.
     passed = backend_of(parse_domain(fd_domain(hostdev(5))))
-    assert (passed.name, passed.accounting, passed.fdgroup) == ("iommufd", Accounting.USER,
+    assert (passed.name, passed.accounting, passed.fdgroup) == ("iommufd", USER,
                                                                 "iommu")
     # A device may opt out of the domain-level default.
     mixed = parse_domain(fd_domain(hostdev(5) + hostdev(6, "no")))
@@ -134,7 +134,7 @@ def test_only_the_same_uid_adds_up() -> None:
     static = parse_domain(fd_domain(hostdev(5), extra="<seclabel type='static' model='dac' "
                                                       "relabel='yes'><label>+107:+107</label>"
                                                       "</seclabel>"))
-    assert static.dac is not None and not static.dac.dynamic
+    assert static.dac_static and static.dac_user == "+107"
     assert pins.uid_pinned(static, 107, running) == 5 * GiB  # b and c
     # The candidate itself (a running VM judged by check) never counts.
     me = vm("cand", pin=GiB, lck=0)._replace(uuid=cand.uuid)

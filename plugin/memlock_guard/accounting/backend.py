@@ -21,26 +21,24 @@ The facts and what was and was not confirmed in the sources: docs/sources.md sec
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import NamedTuple
 
 from ..domain import Domain
 
-
-class Accounting(StrEnum):
-    PROCESS = "process"  # this QEMU's locked memory against its own limit
-    USER = "user"  # the uid's total (every QEMU of that uid) against this QEMU's limit
+# Whom the kernel charges (plain strings: an enum costs the hook's every start a class).
+PROCESS = "process"  # this QEMU's locked memory against its own limit
+USER = "user"  # the uid's total (every QEMU of that uid) against this QEMU's limit
 
 
 class Backend(NamedTuple):
     name: str  # none | vfio-type1 | iommufd | vfio-type1+iommufd
-    accounting: Accounting
+    accounting: str  # PROCESS | USER
     reason: str
     fdgroup: str | None = None  # the iommufd fd is passed in under this name
 
     @property
     def user_accounting(self) -> bool:
-        return self.accounting is Accounting.USER
+        return self.accounting == USER
 
 
 def backend_of(domain: Domain) -> Backend:
@@ -51,19 +49,19 @@ def backend_of(domain: Domain) -> Backend:
             return _NONE
         return _TYPE1
     name = "vfio-type1+iommufd" if type1 else "iommufd"
-    fdgroup = domain.iommufd.fdgroup if domain.iommufd is not None else None
+    fdgroup = domain.iommufd_fdgroup
     if fdgroup is None:
-        return Backend(name, Accounting.PROCESS,
+        return Backend(name, PROCESS,
                        "libvirt opens /dev/iommu itself and sets process accounting: "
                        "this QEMU's pins count against its own limit")
-    return Backend(name, Accounting.USER,
+    return Backend(name, USER,
                    f"the iommufd descriptor is passed in (fdgroup {fdgroup!r}): unless its "
                    "opener chose process accounting, the kernel charges the user, so every "
                    "running QEMU of the same uid adds to what this one may pin", fdgroup)
 
 
-_NONE = Backend("none", Accounting.PROCESS, "nothing pins guest memory")
-_TYPE1 = Backend("vfio-type1", Accounting.PROCESS,
+_NONE = Backend("none", PROCESS, "nothing pins guest memory")
+_TYPE1 = Backend("vfio-type1", PROCESS,
                  "VFIO type1 containers (and NVMe, vDPA) charge this QEMU's locked memory "
                  "against its own limit")
 

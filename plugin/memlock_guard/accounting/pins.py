@@ -57,7 +57,7 @@ def running_vm(domain: Domain, ledger: Ledger | None, *, uid: int | None,
     if user:
         assert ledger is not None, "a user-charged VM needs its ledger"
         estimate = ledger.one_container()[0] * ioas_count(domain, libvirt_version)
-    default = domain.dac is None or domain.dac.dynamic
+    default = not domain.dac_static
     return RunningVM(domain.name, domain.uuid, uid, default, user, estimate,
                      domain.memory_backing.locked or bool(domain.nvme_disks),
                      vm_pin, vm_lck)
@@ -91,7 +91,7 @@ def uid_pinned(candidate: Domain, candidate_uid: int | None,
         return r.name == candidate.name
 
     vms = [r for r in running if not itself(r)]
-    static = candidate.dac is not None and not candidate.dac.dynamic
+    static = candidate.dac_static
     default_uids = {r.uid for r in vms if r.default_user and r.uid is not None}
 
     def same_user(r: RunningVM) -> bool:

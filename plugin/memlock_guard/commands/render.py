@@ -84,7 +84,7 @@ def _backend(r: Report) -> dict[str, Any]:
     b = r.ledger.backend
     if b is None:  # a Ledger built by hand (tests)
         return {"name": "none", "accounting": "process", "reason": "", "fdgroup": None}
-    return {"name": b.name, "accounting": b.accounting.value, "reason": b.reason,
+    return {"name": b.name, "accounting": b.accounting, "reason": b.reason,
             "fdgroup": b.fdgroup}
 
 
@@ -131,7 +131,7 @@ def to_text(r: Report) -> str:
     reasons = "; ".join(led.container_reasons) or "nothing pins guest memory"
     lines.append(f"containers: {led.containers} ({reasons})")
     if led.backend is not None and led.containers:
-        lines.append(f"backend: {led.backend.name}, {led.backend.accounting.value} "
+        lines.append(f"backend: {led.backend.name}, {led.backend.accounting} "
                      f"accounting ({led.backend.reason})")
     lines.append("")
     header = ("SOURCE", "SIZE", "BACKING", "RO", "WINDOW", "CONT", "CHARGED")

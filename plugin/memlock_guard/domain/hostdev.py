@@ -76,18 +76,6 @@ def pci_address(addr: Element | None) -> str | None:
     return f"{d:04x}:{b:02x}:{s:02x}.{f:x}"
 
 
-class Iommufd(NamedTuple):
-    """The domain-level ``<iommufd enabled='yes|no' fdgroup='NAME'/>`` (libvirt >= 12.2)."""
-
-    enabled: bool | None
-    fdgroup: str | None  # the fd comes from outside (virDomainFDAssociate), not libvirt
-
-    @classmethod
-    def from_xml(cls, el: Element | None) -> Iommufd | None:
-        if el is None:
-            return None
-        return cls(enabled=switch(attr(el, "enabled")), fdgroup=attr(el, "fdgroup") or None)
-
 
 def _source_label(el: Element, addr: Element | None) -> str:
     if addr is not None and addr.get("bus") is not None:

@@ -12,11 +12,10 @@ from ..support.errors import InputError
 from .controller import Controller, pci_number
 from .disk import Disk
 from .firmware import Firmware, Machine, Os
-from .hostdev import Hostdev, Iommufd
+from .hostdev import Hostdev
 from .interface import Interface
 from .memory import MemoryBacking, MemoryDevice, Memtune, total_memory
 from .nova import NovaInstance
-from .seclabel import DacLabel
 from .video import Video, post_parse_videos
 from .xmlmap import (
     Element,
@@ -24,10 +23,12 @@ from .xmlmap import (
     attr,
     count,
     every,
+    first,
     group,
     group_into,
     one,
     scaled,
+    switch,
     text,
 )
 
@@ -78,8 +79,16 @@ class Domain(NamedTuple):
     # <maxMemory slots=N>: libvirt refuses maxMemory without slots and the other way
     # round (virDomainDefPostParseMemory), and a memory device beyond N.
     memory_slots: int | None = None
-    iommufd: Iommufd | None = None  # the domain-level <iommufd> (libvirt >= 12.2)
-    dac: DacLabel | None = None  # <seclabel model='dac'>: the uid QEMU runs as
+    # The domain-level <iommufd enabled= fdgroup=> (libvirt >= 12.2; hostdev.py): plain
+    # fields, not a record, as every domain the hook judges carries them.
+    iommufd_enabled: bool | None = None
+    iommufd_fdgroup: str | None = None  # the fd comes from outside (virDomainFDAssociate)
+    # <seclabel model='dac'><label>: the uid QEMU runs as (iommufd user accounting).
+    # libvirt runs QEMU as qemu.conf's user unless the label is static; it writes the
+    # generated "+UID:+GID" (type='dynamic') into the live XML at start, in
+    # qemuProcessPrepareDomain, after the prepare hook ran: the hook sees only a static one.
+    dac_label: str | None = None
+    dac_static: bool = False
 
     @property
     def is_x86(self) -> bool:
@@ -119,10 +128,17 @@ class Domain(NamedTuple):
         """Labels of the VFIO devices bound through iommufd rather than a type1 container:
         PCI hostdevs with ``<driver iommufd='yes'/>``, or under a domain-level
         ``<iommufd enabled='yes'/>`` unless they say ``iommufd='no'``."""
-        default = bool(self.iommufd is not None and self.iommufd.enabled)
+        default = bool(self.iommufd_enabled)
         return tuple(h.alias or h.source for h in self.hostdevs
                      if h.is_vfio and h.type == "pci"
                      and (h.iommufd if h.iommufd is not None else default))
+
+    @property
+    def dac_user(self) -> str | None:
+        """The user part of the DAC label: "+64055" (a number) or a name; None unset."""
+        if not self.dac_label:
+            return None
+        return self.dac_label.split(":", 1)[0].strip() or None
 
     @property
     def named_files(self) -> tuple[str, ...]:
@@ -185,6 +201,8 @@ class Domain(NamedTuple):
         vfio, nvme, vdpa = _pinning_devices(hostdevs, interfaces, disks)
         metadata = one(top, "metadata")
         max_memory = one(top, "maxMemory")
+        iommufd = one(top, "iommufd")
+        dac = _dac_label(top.get("seclabel"))
         return cls(
             name=text(one(top, "name")) or "(unnamed)",
             uuid=text(one(top, "uuid")),
@@ -217,8 +235,10 @@ class Domain(NamedTuple):
             vdpa_devices=vdpa,
             nova=NovaInstance.from_metadata(metadata),
             memory_slots=count(max_memory, "slots", what="<maxMemory slots=>"),
-            iommufd=Iommufd.from_xml(one(top, "iommufd")),
-            dac=DacLabel.from_xml(top.get("seclabel")),
+            iommufd_enabled=switch(attr(iommufd, "enabled")),
+            iommufd_fdgroup=attr(iommufd, "fdgroup") or None,
+            dac_label=dac[0],
+            dac_static=dac[1],
         )
 
 
@@ -246,6 +266,15 @@ _MAPPED_NOT_PPC64 = ("memory", "hostdev", "interface", "disk", "video", "graphic
 # dozens of pcie-root-ports, so other architectures skip them.
 _MAPPED = (*_MAPPED_NOT_PPC64, "controller")
 _NONE: list[Element] = []
+
+
+def _dac_label(blocks: list[Element] | None) -> tuple[str | None, bool]:
+    """(label, static) of the first top-level ``<seclabel model='dac'>``."""
+    for el in blocks or ():
+        if el.get("model") == "dac":
+            label = text(first(el, "label"))
+            return label, el.get("type") == "static"
+    return None, False
 
 
 def _pci_buses(root: Element) -> tuple[int, ...]:

@@ -50,8 +50,7 @@ def uid_pinned_now(candidate: Domain, host: HostFacts, *, status_dir: str | None
 
     ``status_dir`` and ``proc`` default to libvirt's and the kernel's (tests point
     them elsewhere)."""
-    static = candidate.dac is not None and not candidate.dac.dynamic
-    uid = sources.resolve_user(candidate.dac.user) if static and candidate.dac else None
+    uid = sources.resolve_user(candidate.dac_user) if candidate.dac_static else None
     running = list(running_vms(status_dir or sources.QEMU_STATUS_DIR, host,
                                cache_dir=cache_dir, proc=proc or PROC))
     return uid_pinned(candidate, uid, running)
@@ -103,7 +102,7 @@ def _record(path: str, key: list[int], host: HostFacts) -> dict[str, Any]:
     except (InputError, ValueError):
         return {"key": key, "vm": None}
     ledger = build_ledger(domain, host) if needs_ledger(domain) else None
-    uid = sources.resolve_user(domain.dac.user) if domain.dac else None
+    uid = sources.resolve_user(domain.dac_user)
     vm = running_vm(domain, ledger, uid=uid, libvirt_version=host.libvirt_version)
     return {"key": key, "pid": pid, "vm": list(vm)}
 

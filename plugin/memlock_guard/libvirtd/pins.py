@@ -42,7 +42,7 @@ class LivePins:
                 host = self._judge.host_for(domain)
                 ledger = build_ledger(domain, host, self._judge.pm) \
                     if needs_ledger(domain) else None
-                uid = sources.resolve_user(domain.dac.user) if domain.dac else None
+                uid = sources.resolve_user(domain.dac_user)
                 self._running.append(running_vm(domain, ledger, uid=uid,
                                                 libvirt_version=host.libvirt_version))
         return self._running
@@ -54,8 +54,7 @@ class LivePins:
         if backend is None or not backend.user_accounting:
             return report
         d = report.domain
-        static = d.dac is not None and not d.dac.dynamic
-        uid = sources.resolve_user(d.dac.user) if static and d.dac else None
+        uid = sources.resolve_user(d.dac_user) if d.dac_static else None
         shared = uid_pinned(d, uid, self.running())
         if not shared:
             return report
