@@ -5,7 +5,7 @@ This host has no VFIO: a live PCI hostdev attach fails in libvirt's
 qemuHostdevPreparePCIDevicesCheckSupport ("host doesn't support passthrough of host PCI
 devices"), before libvirt tries to raise QEMU's memlock limit, so it is a deterministic
 failing attach that leaves no "original" memlock recorded behind (docs/sources.md
-section 10). A --config attach of a hostdev works: libvirt does not look at the host
+section 13). A --config attach of a hostdev works: libvirt does not look at the host
 then.
 """
 

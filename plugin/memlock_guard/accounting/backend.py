@@ -16,7 +16,7 @@
     user mode, so that is what memlock-guard assumes: it never under-counts. KubeVirt's
     device plugin does set process mode; then the other VMs' pins read back as process
     charges (hook/pins.py) and add nothing.
-The facts and what was and was not confirmed in the sources: docs/sources.md section 10.
+The facts and what was and was not confirmed in the sources: docs/sources.md section 13.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from __future__ import annotations
 from lxml import etree
 
 from ..support.units import KiB, parse_scaled, round_up
+from .hostdev import pci_address
 
 # libvirt's element order at the top of <domain> (virDomainDefFormatInternal): a new
 # <metadata> goes after the first group, a new <memtune> after the second, which is
@@ -203,11 +204,8 @@ def _identity(el: etree._Element) -> tuple[str, ...] | None:
             return None
         if addr.get("uuid"):
             return ("uuid", (addr.get("uuid") or "").lower())
-        try:
-            return tuple(str(int(addr.get(k) or "0", 0)) for k in
-                         ("domain", "bus", "slot", "function"))
-        except ValueError:
-            return None
+        pci = pci_address(addr)
+        return None if pci is None else ("pci", pci)
     if el.tag == "interface":
         mac = el.find("mac")
         return None if mac is None else ("mac", (mac.get("address") or "").lower())

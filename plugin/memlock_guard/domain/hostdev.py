@@ -6,7 +6,7 @@ enabled='yes' fdgroup='NAME'/>``, which applies to every hostdev not overridden 
 ``<driver iommufd='no'/>``, and with ``fdgroup`` takes the /dev/iommu file descriptor
 from whoever associated it (virDomainFDAssociate) instead of opening it itself.
 Shapes from libvirt's NEWS (12.1.0, 12.2.0) and KubeVirt's IOMMUFD enhancement
-(docs/sources.md section 10).
+(docs/sources.md section 13).
 """
 
 from __future__ import annotations
@@ -74,7 +74,6 @@ def pci_address(addr: Element | None) -> str | None:
     except ValueError:
         return None
     return f"{d:04x}:{b:02x}:{s:02x}.{f:x}"
-
 
 
 def _source_label(el: Element, addr: Element | None) -> str:

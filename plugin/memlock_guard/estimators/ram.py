@@ -5,7 +5,7 @@ marked ``hotplug``: not in the requirement at start (the VM starts and runs with
 it), but in the recommended hard_limit. Once a hard_limit is set, libvirt no longer
 grows QEMU's limit at a memory hot-add (qemuDomainAdjustMaxMemLock returns the
 hard_limit), and QEMU aborts when it cannot map new RAM for VFIO after machine init
-(hw_error "vfio: DMA mapping failed", hw/vfio/common.c). docs/sources.md section 10.
+(hw_error "vfio: DMA mapping failed", hw/vfio/common.c). docs/sources.md section 13.
 """
 
 from __future__ import annotations

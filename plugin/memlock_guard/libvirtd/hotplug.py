@@ -38,6 +38,7 @@ from lxml import etree
 
 from ..accounting.report import Report, audit_record
 from ..domain.edit import DEVICE_TAGS, add_device, metadata_child, raised_memtune, remove_device
+from ..domain.hostdev import pci_address
 from ..support import xmlsafe
 from ..support.defaults import APPLIED_NS, APPLIED_PREFIX, MAX_DEVICE_XML_BYTES
 from ..support.errors import InputError, MemlockGuardError
@@ -72,12 +73,7 @@ def _label(el: etree._Element) -> str:
     if el.tag == "hostdev" and addr is not None:
         if addr.get("uuid"):
             return f"hostdev mdev {addr.get('uuid')}"
-        try:
-            d, b, s, f = (int(addr.get(k) or "0", 0)
-                          for k in ("domain", "bus", "slot", "function"))
-            return f"hostdev {d:04x}:{b:02x}:{s:02x}.{f:x}"
-        except ValueError:
-            return "hostdev"
+        return f"hostdev {pci_address(addr) or ''}".strip()
     if el.tag == "memory":
         size = el.find("target/size")
         what = f"memory {el.get('model') or 'dimm'}"
